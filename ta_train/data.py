@@ -1,0 +1,213 @@
+"""SFT data: read sft.jsonl sources, reject what cannot be trained on, mix, split, batch.
+
+Every record that is not trained on lands in `<run_dir>/data/rejects.jsonl` with its file, line and
+reason. Training batches come from `WindowedLoader`, which tags each micro-batch with the number
+of trained tokens in its whole accumulation window, so the loss can be a token mean over the
+optimizer step (see ta_train.losses.window_scale).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_messages, from_alpaca, from_sharegpt, pad_right
+from ta_train.config import DataConfig, SourceConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reject:
+    file: str
+    line: int | None
+    reason: str
+    record: Any
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass
+class SourceRecords:
+    path: str
+    conversations: list[list[dict[str, str]]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # 1-based line of each conversation
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def resolve_source_path(source: SourceConfig, work_dir: Path) -> Path:
+    """`demo` builds the built-in course's sft.jsonl into work_dir; anything else is a file path."""
+    if source.path == "demo":
+        from ta_data.demo import build_demo_records, write_sft
+
+        return write_sft(build_demo_records(), work_dir)
+    path = Path(source.path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data source {source.path!r} (data.sources[].path) does not exist")
+    return path
+
+
+def record_to_messages(record: Any, fmt: str) -> list[dict[str, str]]:
+    """One sft.jsonl object -> messages; `fmt` auto picks Alpaca or ShareGPT by its fields."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    if fmt == "auto":
+        fmt = "sharegpt" if "conversations" in record else "alpaca" if "instruction" in record else ""
+    if fmt == "alpaca":
+        return from_alpaca(record)
+    if fmt == "sharegpt":
+        return from_sharegpt(record)
+    raise ValueError("record is neither Alpaca (instruction/output) nor ShareGPT (conversations)")
+
+
+def read_source(path: Path, fmt: str) -> SourceRecords:
+    """Parse one jsonl file; malformed lines become Rejects naming file, line and reason."""
+    out = SourceRecords(path=str(path))
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as err:
+                out.rejects.append(Reject(str(path), lineno, f"invalid JSON: {err.msg} at column {err.colno}", raw.rstrip("\n")))
+                continue
+            try:
+                out.conversations.append(record_to_messages(record, fmt))
+                out.lines.append(lineno)
+            except ValueError as err:
+                out.rejects.append(Reject(str(path), lineno, str(err), record))
+    return out
+
+
+def split_indices(n: int, val_fraction: float, val_max: int, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, val) split of range(n); val gets round(n x fraction), capped, >= 1 when possible."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = min(val_max, round(n * val_fraction))
+    if val_fraction > 0 and n_val == 0 and n >= 2:
+        n_val = 1
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def apply_weight(items: list[Any], weight: float, seed: int) -> list[Any]:
+    """Repeat `items` weight times: the integer part in full, the fraction as a seeded subset."""
+    if weight < 0:
+        raise ValueError(f"data.sources[].weight must be >= 0, got {weight}")
+    whole, frac = int(weight), weight - int(weight)
+    extra = random.Random(seed).sample(items, round(len(items) * frac)) if frac else []
+    return items * whole + extra
+
+
+def trained_tokens(example: dict[str, list[int]]) -> int:
+    """Tokens that contribute to the loss (labels shift by one: position 0 is never predicted)."""
+    return sum(1 for t in example["labels"][1:] if t != IGNORE_INDEX)
+
+
+def encode_all(
+    tokenizer: Any, conversations: Sequence[tuple[str, int, list[dict[str, str]]]], cfg: DataConfig, train_on: str
+) -> tuple[list[dict[str, list[int]]], list[Reject], int]:
+    """Encode (file, line, messages) triples; returns examples, rejects and how many were truncated."""
+    examples, rejects, truncated = [], [], 0
+    for file, line, messages in conversations:
+        try:
+            ex = encode_messages(tokenizer, messages, max_seq_len=cfg.max_seq_len, train_on=train_on, system=cfg.system_prompt)
+        except EncodingRejected as err:
+            rejects.append(Reject(file, line, str(err), messages))
+            continue
+        truncated += len(ex["input_ids"]) == cfg.max_seq_len
+        examples.append(ex)
+    return examples, rejects, truncated
+
+
+class WindowedLoader:
+    """Shuffled, rank-sharded micro-batches; each carries its accumulation window's token count.
+
+    Every rank gets the same number of micro-batches. `skip_to(epoch, done)` resumes exactly where
+    a checkpoint left off (the datamodule reads `done` from the trainer's restored progress).
+    """
+
+    GROUP = 16  # micro-batches per length-sorted group
+
+    def __init__(
+        self,
+        examples: list[dict[str, list[int]]],
+        *,
+        micro_size: int,
+        accumulation: int,
+        pad_id: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(examples) < micro_size * world_size:
+            raise ValueError(
+                f"{len(examples)} training examples cannot fill one micro-batch of {micro_size} on each of {world_size} devices"
+            )
+        self.examples, self.micro_size, self.accumulation = examples, micro_size, accumulation
+        self.pad_id, self.seed, self.rank, self.world_size = pad_id, seed, rank, world_size
+        self.epoch, self._start = 0, 0
+
+    def __len__(self) -> int:
+        per_rank = len(self.examples) // self.world_size
+        return -(-per_rank // self.micro_size)
+
+    def skip_to(self, epoch: int, done: int) -> None:
+        self.epoch, self._start = epoch, done
+
+    def epoch_plan(self, epoch: int) -> list[tuple[list[int], int]]:
+        """(example indices, window trained tokens on this rank) for every micro-batch of an epoch.
+
+        Length-grouped: the shuffled examples are cut into groups of GROUP micro-batches, each group
+        is sorted by length before being cut into micro-batches (little padding), and the order of
+        the micro-batches is shuffled again, so windows still mix short and long examples.
+        """
+        rng = random.Random(self.seed + epoch)
+        order = list(range(len(self.examples)))
+        rng.shuffle(order)
+        per_rank = len(order) // self.world_size
+        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        group = self.micro_size * self.GROUP
+        micro: list[list[int]] = []
+        for g in range(0, len(mine), group):
+            chunk = sorted(mine[g : g + group], key=lambda j: len(self.examples[j]["input_ids"]))
+            micro += [chunk[i : i + self.micro_size] for i in range(0, len(chunk), self.micro_size)]
+        rng.shuffle(micro)
+        plan = []
+        for w in range(0, len(micro), self.accumulation):
+            window = micro[w : w + self.accumulation]
+            tokens = sum(trained_tokens(self.examples[j]) for batch in window for j in batch)
+            plan.extend((batch, tokens) for batch in window)
+        return plan
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch
+
+        # Advance the epoch when iteration starts: Lightning stops at len() without exhausting us.
+        plan, start = self.epoch_plan(self.epoch), self._start
+        self.epoch, self._start = self.epoch + 1, 0
+        for idx, window_tokens in plan[start:]:
+            batch = {k: torch.tensor(v) for k, v in pad_right([self.examples[j] for j in idx], self.pad_id).items()}
+            batch["window_tokens"] = torch.tensor(window_tokens)
+            yield batch
+
+
+class FixedBatches:
+    """Validation micro-batches in a fixed order (one iterable: Lightning reads a list as many loaders)."""
+
+    def __init__(self, examples: list[dict[str, list[int]]], micro_size: int, pad_id: int) -> None:
+        self.examples, self.micro_size, self.pad_id = examples, micro_size, pad_id
+
+    def __len__(self) -> int:
+        return -(-len(self.examples) // self.micro_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch
+
+        for i in range(0, len(self.examples), self.micro_size):
+            chunk = pad_right(self.examples[i : i + self.micro_size], self.pad_id)
+            yield {k: torch.tensor(v) for k, v in chunk.items()}

@@ -1,0 +1,112 @@
+"""LightningDataModule over the SFT sources of a `DataConfig`."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ta_train.config import DataConfig
+from ta_train.data import (
+    Reject,
+    WindowedLoader,
+    apply_weight,
+    encode_all,
+    FixedBatches,
+    read_source,
+    resolve_source_path,
+    split_indices,
+    trained_tokens,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SFTDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer: Any,
+        *,
+        micro_size: int,
+        accumulation: int,
+        train_on: str,
+        work_dir: Path,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.micro_size, self.accumulation, self.train_on = micro_size, accumulation, train_on
+        self.work_dir = Path(work_dir)
+        self.train_examples: list[dict[str, list[int]]] | None = None
+        self.val_examples: list[dict[str, list[int]]] = []
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_examples is not None:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        train_items, val_items, rejects = [], [], []
+        per_source = {}
+        for k, source in enumerate(self.cfg.sources):
+            path = resolve_source_path(source, self.work_dir)
+            parsed = read_source(path, source.format)
+            rejects += parsed.rejects
+            items = [(parsed.path, line, conv) for line, conv in zip(parsed.lines, parsed.conversations)]
+            tr, va = split_indices(len(items), self.cfg.val_fraction, self.cfg.val_max_samples, self.cfg.shuffle_seed + k)
+            train_items += apply_weight([items[i] for i in tr], source.weight, self.cfg.shuffle_seed + k)
+            val_items += [items[i] for i in va]
+            per_source[str(path)] = {"records": len(items), "rejected": len(parsed.rejects), "train": len(tr), "val": len(va)}
+        self.train_examples, enc_rejects, n_trunc = encode_all(self.tokenizer, train_items, self.cfg, self.train_on)
+        self.val_examples, val_rejects, _ = encode_all(self.tokenizer, val_items, self.cfg, self.train_on)
+        rejects += enc_rejects + val_rejects
+        self.stats = {
+            "sources": per_source,
+            "train_examples": len(self.train_examples),
+            "val_examples": len(self.val_examples),
+            "train_tokens": sum(len(e["input_ids"]) for e in self.train_examples),
+            "train_trained_tokens": sum(trained_tokens(e) for e in self.train_examples),
+            "truncated": n_trunc,
+            "rejected": len(rejects),
+        }
+        self._write(rejects)
+        log.info("data: %s", json.dumps(self.stats))
+        if not self.train_examples:
+            raise ValueError(f"no trainable examples; see {self.work_dir / 'rejects.jsonl'}")
+
+    def _write(self, rejects: list[Reject]) -> None:
+        (self.work_dir / "rejects.jsonl").write_text("".join(r.to_json() + "\n" for r in rejects), encoding="utf-8")
+        (self.work_dir / "stats.json").write_text(json.dumps(self.stats, indent=2) + "\n", encoding="utf-8")
+        if rejects:
+            log.warning("%d records rejected (reasons in %s)", len(rejects), self.work_dir / "rejects.jsonl")
+
+    def train_dataloader(self) -> WindowedLoader:
+        assert self.train_examples is not None
+        trainer = self.trainer
+        loader = WindowedLoader(
+            self.train_examples,
+            micro_size=self.micro_size,
+            accumulation=self.accumulation,
+            pad_id=self.pad_id,
+            seed=self.cfg.shuffle_seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+        if trainer is not None:
+            # Resuming mid-epoch: continue after the last micro-batch the checkpoint had trained on.
+            # `processed`, not `completed`: checkpoints are written in on_train_batch_end, before
+            # Lightning counts the batch as completed.
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            loader.skip_to(trainer.current_epoch, done)
+        return loader
+
+    def val_dataloader(self) -> FixedBatches:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return FixedBatches(self.val_examples[rank::world], self.micro_size, self.pad_id)

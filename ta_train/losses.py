@@ -1,0 +1,69 @@
+"""Loss and token metrics for causal-LM fine-tuning: pure functions, shapes in the docstrings.
+
+The SFT loss is a *sum* over trained tokens; the caller divides by the number of trained tokens in
+the whole optimizer step (all micro-batches of the accumulation window, all ranks), so a window of
+unequal-length micro-batches gives exactly the loss and gradient of one big batch: not a mean of
+micro-batch means, which over-weights tokens of short micro-batches.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align position t's logits with token t+1.
+
+    logits: (B, T, V); labels: (B, T) with IGNORE_INDEX where nothing is trained.
+    Returns logits (B*(T-1), V) and targets (B*(T-1),).
+    """
+    vocab = logits.size(-1)
+    return logits[:, :-1, :].reshape(-1, vocab), labels[:, 1:].reshape(-1)
+
+
+def sum_token_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over trained positions, and how many there were.
+
+    logits: (B, T, V) float; labels: (B, T) long, IGNORE_INDEX on untrained positions.
+    Per trained token the loss is (1 - eps) * -log p(y) + eps * mean_v(-log p(v))
+    (label smoothing, Szegedy et al. 2016, eq. for q'(k)), computed in fp32.
+    Returns (loss_sum: scalar tensor, n_tokens: scalar long tensor).
+    """
+    flat_logits, targets = shift_for_next_token(logits, labels)
+    loss_sum = F.cross_entropy(
+        flat_logits.float(),
+        targets,
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    return loss_sum, (targets != IGNORE_INDEX).sum()
+
+
+def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) argmax next-token predictions over trained positions.
+
+    Counts, not a ratio, so ranks and micro-batches can be summed before dividing.
+    logits: (B, T, V); labels: (B, T). Returns two scalar long tensors.
+    """
+    flat_logits, targets = shift_for_next_token(logits, labels)
+    trained = targets != IGNORE_INDEX
+    correct = (flat_logits.argmax(dim=-1) == targets) & trained
+    return correct.sum(), trained.sum()
+
+
+def window_scale(accumulation: int, world_size: int, window_tokens: int) -> float:
+    """Factor that turns a micro-batch's loss *sum* into its share of the step's token mean.
+
+    Lightning divides each micro-batch loss by `accumulation` and DDP averages gradients over
+    `world_size` ranks, so multiplying the sum by accumulation * world_size / window_tokens
+    (window_tokens: trained tokens in the whole optimizer step, all micro-batches, all ranks)
+    leaves exactly sum_i loss_sum_i / window_tokens after both divisions.
+    """
+    if window_tokens <= 0:
+        return 0.0
+    return accumulation * world_size / window_tokens

@@ -1,0 +1,160 @@
+"""Typed builders for the tokenizer and the (PEFT-wrapped) causal LM of a `TrainConfig`."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from ta_train.assets import model_dir, tokenizer_dir
+from ta_train.config import ModelConfig, PeftMethod, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer_source(cfg: ModelConfig, cache_dir: str) -> str:
+    return str(tokenizer_dir(cfg.provider, cache_dir)) if cfg.provider else cfg.name_or_path
+
+
+def weights_source(cfg: ModelConfig, cache_dir: str) -> str:
+    return str(model_dir(cfg.provider, cache_dir)) if cfg.provider else cfg.name_or_path
+
+
+def load_tokenizer(cfg: ModelConfig, cache_dir: str) -> Any:
+    """The model's real tokenizer, right-padded for training; pad falls back to eos.
+
+    Padding is masked by position (attention mask and IGNORE_INDEX), so pad == eos does not stop
+    the end-of-turn token from being learned.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(cfg, cache_dir), trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def resolve_attn_implementation(
+    requested: str, *, cuda: bool, flash_installed: bool, hw_allows_flash: bool, half_precision: bool
+) -> tuple[str, str]:
+    """(implementation, why) for `model.attn_implementation`; `auto` prefers FlashAttention-2."""
+    if requested != "auto":
+        return requested, "set by model.attn_implementation"
+    if not cuda:
+        return "sdpa", "auto: no CUDA device, FlashAttention-2 needs one"
+    if not hw_allows_flash:
+        return "sdpa", "auto: the hw profile has no FlashAttention-2 support (pre-Ampere)"
+    if not flash_installed:
+        return "sdpa", "auto: flash-attn is not installed (pip install '.[gpu]')"
+    if not half_precision:
+        return "sdpa", "auto: FlashAttention-2 needs bf16/fp16 weights or autocast"
+    return "flash_attention_2", "auto: CUDA, flash-attn installed, half precision"
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def random_llama(cfg: ModelConfig, dtype: Any, attn: str) -> Any:
+    """A Llama with `cfg.arch`'s shape and seeded random weights (independent of the global seed)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    a = cfg.arch
+    config = LlamaConfig(
+        vocab_size=a.vocab_size,
+        hidden_size=a.hidden_size,
+        intermediate_size=a.intermediate_size,
+        num_hidden_layers=a.n_layers,
+        num_attention_heads=a.n_heads,
+        num_key_value_heads=a.n_kv_heads,
+        max_position_embeddings=a.max_positions,
+        tie_word_embeddings=a.tie_embeddings,
+        initializer_range=cfg.init_std,
+        attn_implementation=attn,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype)
+
+
+def quantization_config(cfg: TrainConfig) -> Any:
+    """bitsandbytes 4-bit config for QLoRA (nf4, double quant, compute dtype from the peft group)."""
+    from transformers import BitsAndBytesConfig
+
+    p = cfg.peft
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=p.quant_type,
+        bnb_4bit_use_double_quant=p.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(p.compute_dtype),
+    )
+
+
+def build_base_model(cfg: TrainConfig) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    full = cfg.peft.method == PeftMethod.none
+    # Trainable weights stay fp32 (mixed precision keeps fp32 masters); a frozen base can be half.
+    dtype = torch.float32 if full else torch_dtype(cfg.precision.frozen_dtype)
+    attn, why = resolve_attn_implementation(
+        cfg.model.attn_implementation.value,
+        cuda=torch.cuda.is_available(),
+        flash_installed=importlib.util.find_spec("flash_attn") is not None,
+        hw_allows_flash=cfg.hw.flash_attention if cfg.hw else True,
+        half_precision=cfg.precision.name != "32-true",
+    )
+    log.info("attention: %s (%s)", attn, why)
+    if cfg.model.random_init:
+        return random_llama(cfg.model, dtype, attn)
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.peft.method == PeftMethod.qlora:
+        kwargs["quantization_config"] = quantization_config(cfg)
+    return AutoModelForCausalLM.from_pretrained(weights_source(cfg.model, cfg.cache_dir), **kwargs)
+
+
+def build_model(cfg: TrainConfig) -> Any:
+    """Base model + gradient checkpointing + LoRA/QLoRA adapters, ready to train."""
+    model = build_base_model(cfg)
+    model.config.use_cache = False
+    if cfg.peft.method == PeftMethod.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        # transformers 5 renamed it; keep working on 4.x
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.peft.method != PeftMethod.none:
+            model.enable_input_require_grads()  # frozen embeddings would cut the graph otherwise
+    if cfg.peft.method == PeftMethod.none:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.peft.r,
+        lora_alpha=cfg.peft.alpha,
+        lora_dropout=cfg.peft.dropout,
+        target_modules=list(cfg.peft.target_modules or cfg.model.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def save_hf(model: Any, tokenizer: Any, out_dir: Path) -> Path:
+    """Adapter (PEFT) or full model in HF format plus the tokenizer and its chat template."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

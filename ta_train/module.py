@@ -1,0 +1,108 @@
+"""`CausalLMModule`: supervised fine-tuning of a causal LM, one level under LightningModule."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import torch
+
+from ta_train.config import PeftMethod, TrainConfig
+from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, window_scale
+from ta_train.model import build_model
+from ta_train.optim import build_optimizer
+
+
+class CausalLMModule(L.LightningModule):
+    """Token-weighted SFT loss over each optimizer step, AdamW + warmup-cosine, train/val metrics.
+
+    The network is built in `configure_model`, so ZeRO-3 and FSDP can shard it as it is created.
+    Under PEFT, checkpoints hold only the trainable (adapter) weights: the frozen base is rebuilt
+    from its source on resume.
+    """
+
+    def __init__(self, cfg: TrainConfig, accumulation: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.accumulation = accumulation
+        self.model: Any = None
+        self.strict_loading = cfg.peft.method == PeftMethod.none
+        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, tokens, correct, counted
+        self._val_sums = torch.zeros(4, dtype=torch.float64)
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = build_model(self.cfg)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], self.cfg.objective.label_smoothing)
+        window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
+        loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens)
+        with torch.no_grad():
+            correct, counted = token_accuracy_counts(logits, batch["labels"])
+            self._step_sums += torch.stack([loss_sum.detach().double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the finished step's token-mean loss and accuracy, its LR and pre-clip grad norm."""
+        sums = self.trainer.strategy.reduce(self._step_sums.clone().to(self.device), reduce_op="sum").cpu()
+        self._step_sums.zero_()
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else torch.tensor(0.0)
+        self.log_dict(
+            {
+                "train/loss": sums[0] / max(sums[1], 1),
+                "train/token_acc": sums[2] / max(sums[3], 1),
+                "train/tokens": sums[1],
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/grad_norm": grad_norm,
+            },
+            on_step=True,
+            on_epoch=False,
+            prog_bar=False,
+            rank_zero_only=True,
+        )
+        self.log("loss", sums[0] / max(sums[1], 1), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums.zero_()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], label_smoothing=0.0)
+        correct, counted = token_accuracy_counts(logits, batch["labels"])
+        self._val_sums += torch.stack([loss_sum.double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])
+
+    def on_validation_epoch_end(self) -> None:
+        """val/loss is the plain (unsmoothed) token-mean cross-entropy over the whole val set."""
+        sums = self.trainer.strategy.reduce(self._val_sums.clone().to(self.device), reduce_op="sum").cpu()
+        if sums[1] > 0:
+            self.log_dict({"val/loss": sums[0] / sums[1], "val/token_acc": sums[2] / max(sums[3], 1)}, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        total = int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.cfg.peft.method != PeftMethod.none:
+            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore RNG streams so dropout on the next step matches an uninterrupted run."""
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            random.setstate(rng["python"])

@@ -1,0 +1,62 @@
+"""AdamW with no-decay groups and a warmup + cosine learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    import torch
+
+    from ta_train.config import OptimConfig
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """ceil(ratio x total) optimizer steps of linear warmup (seed: 3% of the total)."""
+    return math.ceil(total_steps * warmup_ratio)
+
+
+def warmup_cosine_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier at optimizer step `step` (0-based): linear 1/warmup .. 1, then cosine to min_ratio.
+
+    The first step already trains (factor 1/warmup, not 0), and the factor reaches min_ratio at
+    step == total.
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def is_no_decay(name: str, param: "torch.Tensor") -> bool:
+    """Biases, norm weights (1-D) and embeddings are not weight-decayed."""
+    return param.ndim < 2 or name.endswith(".bias") or "embed" in name or "norm" in name
+
+
+def param_groups(named_params: Iterable[tuple[str, "torch.Tensor"]], weight_decay: float) -> list[dict]:
+    """Split the *trainable* parameters into a decayed and a non-decayed AdamW group."""
+    decay, no_decay = [], []
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        (no_decay if is_no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: int) -> tuple:
+    """AdamW over the trainable parameters and a LambdaLR stepping once per optimizer step."""
+    import torch
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model.named_parameters(), cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+    )
+    warmup = warmup_steps(total_steps, cfg.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup, total_steps, cfg.min_lr_ratio)
+    )
+    return optimizer, scheduler

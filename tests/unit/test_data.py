@@ -1,0 +1,98 @@
+"""Reading sft.jsonl (rejects with file, line and reason), splitting, mixing and windowed batches."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ta_train.chat import IGNORE_INDEX
+from ta_train.data import WindowedLoader, apply_weight, read_source, split_indices, trained_tokens
+
+
+def test_malformed_records_are_rejected_with_file_line_and_reason(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    lines = [
+        json.dumps({"instruction": "q", "input": "", "output": "a", "meta": {}}),
+        "{not json",
+        json.dumps({"conversations": [{"role": "user", "content": "q"}]}),
+        "",
+        json.dumps({"prompt": "neither"}),
+        json.dumps({"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    parsed = read_source(path, "auto")
+    assert len(parsed.conversations) == 2 and parsed.lines == [1, 6]
+    reasons = {r.line: r.reason for r in parsed.rejects}
+    assert set(reasons) == {2, 3, 5}
+    assert "invalid JSON" in reasons[2]
+    assert "no non-empty assistant turn" in reasons[3]
+    assert "neither Alpaca" in reasons[5]
+    assert all(r.file == str(path) for r in parsed.rejects)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    tr, va = split_indices(50, 0.1, 100, seed=3)
+    assert len(va) == 5 and not set(tr) & set(va) and sorted(tr + va) == list(range(50))
+    assert split_indices(50, 0.1, 100, seed=3) == (tr, va)
+    assert len(split_indices(50, 0.5, 7, seed=0)[1]) == 7
+    assert len(split_indices(5, 0.05, 10, seed=0)[1]) == 1
+
+
+def test_weight_repeats_and_subsamples():
+    items = list(range(10))
+    assert apply_weight(items, 1.0, 0) == items
+    twice_half = apply_weight(items, 2.5, 0)
+    assert len(twice_half) == 25 and twice_half[:20] == items * 2
+    assert len(apply_weight(items, 0.3, 0)) == 3
+    with pytest.raises(ValueError):
+        apply_weight(items, -1, 0)
+
+
+def example(n_prompt, n_answer):
+    ids = list(range(1, n_prompt + n_answer + 1))
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:], "attention_mask": [1] * len(ids)}
+
+
+def test_windows_carry_their_trained_token_count():
+    examples = [example(3, k) for k in range(1, 12)]
+    loader = WindowedLoader(examples, micro_size=2, accumulation=3, pad_id=0, seed=0)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 6
+    for w in range(0, 6, 3):
+        window = batches[w : w + 3]
+        counted = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+        assert all(int(b["window_tokens"]) == counted for b in window)
+    seen = sorted(len(e) for b in batches for e in b["input_ids"].tolist())
+    assert len(seen) == 11
+
+
+def test_ranks_get_equal_disjoint_shards_and_epochs_reshuffle():
+    examples = [example(2, k % 5 + 1) for k in range(21)]
+    plans = [WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=1, rank=r, world_size=2).epoch_plan(0) for r in range(2)]
+    idx = [sorted(j for batch, _ in plan for j in batch) for plan in plans]
+    assert len(idx[0]) == len(idx[1]) == 10 and not set(idx[0]) & set(idx[1])
+    loader = WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=1)
+    assert loader.epoch_plan(0) != loader.epoch_plan(1)
+
+
+def test_skip_to_resumes_mid_epoch():
+    examples = [example(2, k % 7 + 1) for k in range(16)]
+    loader = WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=5)
+    full = [b["input_ids"].tolist() for b in loader]
+    loader.skip_to(0, 3)
+    rest = [b["input_ids"].tolist() for b in loader]
+    assert rest == full[3:]
+    assert loader.epoch == 1
+
+
+def test_trained_tokens_skip_position_zero():
+    assert trained_tokens({"labels": [5, IGNORE_INDEX, 7, 8]}) == 2
+
+
+def test_a_new_iteration_reshuffles_even_if_the_last_one_stopped_early():
+    examples = [example(2, k % 7 + 1) for k in range(16)]
+    loader = WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=5)
+    first = iter(loader)
+    head = [next(first)["input_ids"].tolist() for _ in range(len(loader))]  # stop at len(), like Lightning
+    second = [b["input_ids"].tolist() for b in loader]
+    assert head != second and loader.epoch == 2

@@ -1,0 +1,86 @@
+"""Model builders: attention choice, the tiny model's shape, strategies and loggers."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from ta_train.config import StrategyConfig
+from ta_train.model import build_model, count_parameters, resolve_attn_implementation
+from ta_train.strategy import build_loggers, build_strategy
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(cuda=False, flash_installed=True, hw_allows_flash=True, half_precision=True), "sdpa"),
+        (dict(cuda=True, flash_installed=True, hw_allows_flash=False, half_precision=True), "sdpa"),
+        (dict(cuda=True, flash_installed=False, hw_allows_flash=True, half_precision=True), "sdpa"),
+        (dict(cuda=True, flash_installed=True, hw_allows_flash=True, half_precision=False), "sdpa"),
+        (dict(cuda=True, flash_installed=True, hw_allows_flash=True, half_precision=True), "flash_attention_2"),
+    ],
+)
+def test_auto_attention_prefers_flash_only_when_it_can_run(kwargs, expected):
+    impl, why = resolve_attn_implementation("auto", **kwargs)
+    assert impl == expected and why.startswith("auto")
+
+
+def test_an_explicit_attention_choice_wins():
+    assert resolve_attn_implementation("eager", cuda=False, flash_installed=False, hw_allows_flash=False, half_precision=False)[0] == "eager"
+
+
+def test_tiny_model_matches_its_declared_architecture(make_cfg):
+    cfg = make_cfg("peft=none")
+    model = build_model(cfg)
+    trainable, total = count_parameters(model)
+    assert total == trainable == cfg.model.arch.n_params
+    assert model.config.num_key_value_heads == cfg.model.arch.n_kv_heads
+
+
+def test_lora_wraps_the_configured_modules_with_seed_rank(make_cfg):
+    cfg = make_cfg()
+    model = build_model(cfg)
+    lora_modules = {n.split(".")[-4] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert lora_modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert model.peft_config["default"].r == 64 and model.peft_config["default"].lora_alpha == 128
+    trainable, total = count_parameters(model)
+    # r * (in + out) per target, 2 layers: q,o 64->64; k,v 64->32
+    assert trainable == 2 * 64 * ((64 + 64) * 2 + (64 + 32) * 2)
+
+
+def test_gradient_checkpointing_with_lora_keeps_gradients(make_cfg):
+    import torch
+
+    cfg = make_cfg("gradient_checkpointing=true")
+    model = build_model(cfg)
+    model.train()
+    ids = torch.randint(0, 1000, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_strategies():
+    assert build_strategy(StrategyConfig(name="auto")) == "auto"
+    assert build_strategy(StrategyConfig(name="ddp")) == "ddp"
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    assert isinstance(build_strategy(StrategyConfig(name="fsdp")), FSDPStrategy)
+    with pytest.raises(ValueError, match="strategy.name"):
+        build_strategy(StrategyConfig(name="horovod"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install '.[gpu]')")
+def test_deepspeed_strategy_carries_the_zero_stage():
+    s = build_strategy(StrategyConfig(name="deepspeed", zero_stage=3, offload_optimizer=True, offload_parameters=True))
+    zero = s.config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+
+
+def test_csv_logger_is_always_on(tmp_path, make_cfg):
+    from lightning.pytorch.loggers import CSVLogger
+
+    cfg = make_cfg()
+    loggers = build_loggers(cfg.logger, tmp_path)
+    assert [type(l) for l in loggers] == [CSVLogger] and Path(loggers[0].log_dir) == tmp_path
