@@ -127,9 +127,12 @@ def build_model(cfg: TrainConfig) -> Any:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
-        # transformers 5 renamed it; keep working on 4.x
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it (and its kwargs); keep working on 4.x
+        ckpt_kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         if cfg.peft.method != PeftMethod.none:
             model.enable_input_require_grads()  # frozen embeddings would cut the graph otherwise
     if cfg.peft.method == PeftMethod.none:

@@ -54,6 +54,7 @@ def test_gradient_checkpointing_with_lora_keeps_gradients(make_cfg):
 
     cfg = make_cfg("gradient_checkpointing=true")
     model = build_model(cfg)
+    assert model.get_base_model().is_gradient_checkpointing
     model.train()
     ids = torch.randint(0, 1000, (2, 16))
     model(input_ids=ids, labels=ids).loss.backward()
