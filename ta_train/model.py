@@ -84,8 +84,11 @@ def random_llama(cfg: ModelConfig, dtype: Any, attn: str) -> Any:
 
 def quantization_config(cfg: TrainConfig) -> Any:
     """bitsandbytes 4-bit config for QLoRA (nf4, double quant, compute dtype from the peft group)."""
+    import torch
     from transformers import BitsAndBytesConfig
 
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        raise RuntimeError("peft=qlora needs a CUDA device and bitsandbytes (pip install '.[gpu]')")
     p = cfg.peft
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -111,6 +114,8 @@ def build_base_model(cfg: TrainConfig) -> Any:
     )
     log.info("attention: %s (%s)", attn, why)
     if cfg.model.random_init:
+        if cfg.peft.method == PeftMethod.qlora:
+            raise ValueError("peft=qlora quantizes pretrained weights at load; save the random model and set model.name_or_path")
         return random_llama(cfg.model, dtype, attn)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.peft.method == PeftMethod.qlora:

