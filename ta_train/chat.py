@@ -1,15 +1,17 @@
 """Conversations to token ids and labels: the one place that does it (eval, export, rag reuse it).
 
-Labels come from the tokenizer's own chat template: for each trained assistant turn, the tokens
-between "the conversation up to this turn, with the generation prompt" and "the conversation
-including this turn" are the answer plus its end-of-turn token, and carry labels; everything else
-(system, user turns, role headers) is IGNORE_INDEX. Padding is masked by position, never by token
-id, so an end-of-turn token that doubles as the pad token is still learned.
+The conversation is rendered to text by the tokenizer's own chat template and tokenized once with
+character offsets; tokens inside an assistant turn's content or its end-of-turn token carry labels,
+everything else (system, user turns, role headers, think blocks a template inserts) is
+IGNORE_INDEX. Padding is masked by position, never by token id, so an end-of-turn token that
+doubles as the pad token is still learned.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Sequence
+
+from ta_train.chat_families import end_of_turn_token, special_token_strings, supports_system, template_key, warn_once, wants_bos
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -62,42 +64,117 @@ def from_sharegpt(record: dict[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-def validate_messages(messages: Sequence[dict[str, str]]) -> None:
-    """Roles known, system only first, at least one assistant turn with content."""
+def validate_messages(messages: Sequence[dict[str, str]], *, require_answer: bool = True) -> None:
+    """Roles known, system only first, at least one assistant turn with content (for training)."""
     for i, m in enumerate(messages):
         if m.get("role") not in ROLES:
             raise ValueError(f"message {i} has role {m.get('role')!r}, expected one of {ROLES}")
         if m["role"] == "system" and i != 0:
             raise ValueError(f"message {i}: a system message may only come first")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+    if require_answer and not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         raise ValueError("conversation has no non-empty assistant turn to train on")
 
 
-def _render(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
-    )
-    return list(ids)
+def normalize_messages(
+    tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None = None, *, require_answer: bool = True
+) -> list[dict[str, str]]:
+    """Strip role-boundary whitespace, add `system` when none is given, fold it when unsupported.
+
+    Content is stripped because templates add their own newline after role headers: a leading or
+    trailing newline in the data would double it. Content that contains a special token (e.g. a
+    literal "<|im_end|>") is refused: it would inject control tokens.
+    """
+    msgs = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
+    if system and system.strip() and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system.strip()})
+    validate_messages(msgs, require_answer=require_answer)
+    for i, m in enumerate(msgs):
+        for token in special_token_strings(tokenizer):
+            if token in m["content"]:
+                raise EncodingRejected(f"message {i} ({m['role']}) contains the special token {token!r}")
+    if msgs[0]["role"] == "system" and not supports_system(tokenizer):
+        warn_once(
+            template_key(tokenizer),
+            "the chat template renders no system prompt: folding it into the first user turn",
+        )
+        sys_text, rest = msgs[0]["content"], msgs[1:]
+        first_user = next(i for i, m in enumerate(rest) if m["role"] == "user")
+        rest[first_user] = {"role": "user", "content": f"{sys_text}\n\n{rest[first_user]['content']}"}
+        msgs = rest
+    return msgs
+
+
+def render_text(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
-    """Token ids to feed at inference: the chat template with the assistant header appended."""
-    return _render(tokenizer, messages, add_generation_prompt)
+    """Token ids to feed at inference: normalized exactly as training encodes, plus the assistant header."""
+    msgs = normalize_messages(tokenizer, messages, require_answer=False)
+    return _tokenize(tokenizer, render_text(tokenizer, msgs, add_generation_prompt))[0]
 
 
-def _label_spans(tokenizer: Any, messages: Sequence[dict[str, str]], full: list[int], train_on: str) -> list[tuple[int, int]]:
-    """[start, end) token spans of the assistant turns to train on, checked against the full render."""
-    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+def left_padded_prompts(tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]]) -> dict[str, Any]:
+    """A generation batch: render_prompt for each conversation, left-padded, as torch tensors."""
+    import torch
+
+    batch = pad_left([render_prompt(tokenizer, c) for c in conversations], tokenizer.pad_token_id)
+    return {k: torch.tensor(v) for k, v in batch.items()}
+
+
+def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """ids (exactly what apply_chat_template(tokenize=True) gives) and character offsets.
+
+    BOS is added once when the model expects it and the template did not render it, and never twice.
+    """
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    bos = tokenizer.bos_token_id
+    if wants_bos(tokenizer) and (not ids or ids[0] != bos):
+        ids, offsets = [bos, *ids], [(0, 0), *offsets]
+    while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids, offsets = ids[1:], offsets[1:]
+    return ids, offsets
+
+
+def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]], text: str, train_on: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the assistant turns to train on: content + end-of-turn token.
+
+    The search for turn i starts after the rendered prompt for messages[:i] (with the generation
+    prompt), so a short answer is never matched inside a header or an earlier turn.
+    """
+    eot = end_of_turn_token(tokenizer)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last":
-        assistant_turns = assistant_turns[-1:]
+        turns = turns[-1:]
     spans = []
-    for i in assistant_turns:
-        start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
-        upto = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if full[: len(upto)] != upto or upto[:start] != full[:start]:
-            raise EncodingRejected("chat template is not prefix-stable; cannot locate the assistant turn")
-        spans.append((start, len(upto)))
+    for i in turns:
+        prompt = render_text(tokenizer, messages[:i], add_generation_prompt=True)
+        begin = len(prompt) if text.startswith(prompt) else (spans[-1][1] if spans else 0)
+        content = messages[i]["content"]
+        start = text.find(content, begin)
+        if start < 0:
+            raise EncodingRejected(f"the chat template changed assistant turn {i}; cannot locate it")
+        end_content = start + len(content)
+        eot_at = text.find(eot, end_content)
+        if eot_at < 0 or text[end_content:eot_at].strip():
+            raise EncodingRejected(f"assistant turn {i} is not closed by the end-of-turn token {eot!r}")
+        spans.append((start, eot_at + len(eot)))
     return spans
+
+
+def _encode(tokenizer: Any, messages: Sequence[dict[str, str]], train_on: str) -> dict[str, list[int]]:
+    text = render_text(tokenizer, messages)
+    ids, offsets = _tokenize(tokenizer, text)
+    if train_on == "all":
+        labels = list(ids)
+    else:
+        labels = [IGNORE_INDEX] * len(ids)
+        spans = assistant_spans(tokenizer, messages, text, train_on)
+        for t, (s, e) in enumerate(offsets):
+            if e > s and any(s < span_end and e > span_start for span_start, span_end in spans):
+                labels[t] = ids[t]
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
 
 def encode_messages(
@@ -110,31 +187,80 @@ def encode_messages(
 ) -> dict[str, list[int]]:
     """Encode one conversation for training: input_ids, labels, attention_mask (lists of ints).
 
-    train_on: "assistant" (every assistant turn), "last" (the last one) or "all" (every token).
+    input_ids are exactly the tokenizer's `apply_chat_template(messages, tokenize=True)` for the
+    normalized messages. Labels equal input_ids on assistant content plus its end-of-turn token and
+    are IGNORE_INDEX elsewhere. train_on: "assistant" (every assistant turn), "last" or "all".
     system: a system prompt used when the conversation has none.
-    Too long: the oldest user/assistant exchanges go first (a system prompt stays), then the left
-    of what remains, so the latest turn survives. Raises EncodingRejected when no label survives.
+    Raises EncodingRejected when the example cannot be trained on (reason in the message).
     """
-    messages = [dict(m) for m in messages]
-    validate_messages(messages)
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    head = 1 if messages[0]["role"] == "system" else 0
-    full = _render(tokenizer, messages, add_generation_prompt=False)
-    while len(full) > max_seq_len and _n_exchanges(messages[head:]) > 1:
-        messages = messages[:head] + _drop_first_exchange(messages[head:])
-        full = _render(tokenizer, messages, add_generation_prompt=False)
-    if train_on == "all":
-        labels = list(full)
-    else:
-        labels = [IGNORE_INDEX] * len(full)
-        for start, end in _label_spans(tokenizer, messages, full, train_on):
-            labels[start:end] = full[start:end]
-    if len(full) > max_seq_len:
-        full, labels = full[-max_seq_len:], labels[-max_seq_len:]
-    if sum(1 for x in labels[1:] if x != IGNORE_INDEX) == 0:
+    return encode_with_info(tokenizer, messages, max_seq_len=max_seq_len, train_on=train_on, system=system)[0]
+
+
+def encode_with_info(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    *,
+    max_seq_len: int,
+    train_on: str = "assistant",
+    system: str | None = None,
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """encode_messages plus what truncation did: dropped_turns, trimmed_chars, cut_tokens.
+
+    Too long: the oldest exchanges go first (a system prompt stays), then the left of the last
+    user turn, then (a huge system prompt or answer) the left of the token sequence: the latest
+    answer and its end-of-turn token always survive when anything does.
+    """
+    msgs = normalize_messages(tokenizer, messages, system)
+    info = {"dropped_turns": 0, "trimmed_chars": 0, "cut_tokens": 0}
+    head = 1 if msgs[0]["role"] == "system" else 0
+    enc = _encode(tokenizer, msgs, train_on)
+    while len(enc["input_ids"]) > max_seq_len and _n_exchanges(msgs[head:]) > 1:
+        before = len(msgs)
+        msgs = msgs[:head] + _drop_first_exchange(msgs[head:])
+        info["dropped_turns"] += before - len(msgs)
+        enc = _encode(tokenizer, msgs, train_on)
+    if len(enc["input_ids"]) > max_seq_len:
+        msgs, enc, info["trimmed_chars"] = _trim_last_prompt(tokenizer, msgs, max_seq_len, train_on)
+    if len(enc["input_ids"]) > max_seq_len:
+        enc, info["cut_tokens"] = _cut_left(tokenizer, enc, max_seq_len)
+    if not any(x != IGNORE_INDEX for x in enc["labels"][1:]):
         raise EncodingRejected(f"no trained token left within max_seq_len={max_seq_len}")
-    return {"input_ids": full, "labels": labels, "attention_mask": [1] * len(full)}
+    return enc, info
+
+
+def _trim_last_prompt(tokenizer: Any, msgs: list[dict[str, str]], max_seq_len: int, train_on: str) -> tuple[list[dict[str, str]], dict[str, list[int]], int]:
+    """Cut the fewest characters from the left of the last user turn so the example fits."""
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    if not users:
+        return msgs, _encode(tokenizer, msgs, train_on), 0
+    u, content = users[-1], msgs[users[-1]]["content"]
+
+    def with_cut(k: int) -> list[dict[str, str]]:
+        out = [dict(m) for m in msgs]
+        out[u]["content"] = content[k:].lstrip()
+        return out
+
+    lo, hi = 0, len(content)
+    if len(_encode(tokenizer, with_cut(hi), train_on)["input_ids"]) > max_seq_len:
+        return with_cut(hi), _encode(tokenizer, with_cut(hi), train_on), hi
+    while lo < hi:  # smallest cut that fits
+        mid = (lo + hi) // 2
+        if len(_encode(tokenizer, with_cut(mid), train_on)["input_ids"]) <= max_seq_len:
+            hi = mid
+        else:
+            lo = mid + 1
+    return with_cut(lo), _encode(tokenizer, with_cut(lo), train_on), lo
+
+
+def _cut_left(tokenizer: Any, enc: dict[str, list[int]], max_seq_len: int) -> tuple[dict[str, list[int]], int]:
+    """Keep the last tokens (BOS stays first when the model expects it)."""
+    keep_bos = wants_bos(tokenizer) and enc["input_ids"][:1] == [tokenizer.bos_token_id]
+    room = max_seq_len - int(keep_bos)
+    cut = len(enc["input_ids"]) - room
+    ids, labels = enc["input_ids"][-room:], enc["labels"][-room:]
+    if keep_bos:
+        ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, cut
 
 
 def _n_exchanges(turns: Sequence[dict[str, str]]) -> int:

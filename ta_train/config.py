@@ -75,6 +75,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     lora_target_modules: list[str] = MISSING
     attn_implementation: AttnImplementation = AttnImplementation.auto
+    # None: the tokenizer's pad, else eos (padding is masked by position, so eos still trains);
+    # a token string: use that existing token; "add": a new <pad> row, initialized to the mean.
+    pad_token: Optional[str] = None
     arch: ArchConfig = MISSING
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_messages, from_alpaca, from_sharegpt, pad_right
+from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_with_info, from_alpaca, from_sharegpt, pad_right
 from ta_train.config import DataConfig, SourceConfig
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,11 @@ def encode_all(
     examples, rejects, truncated = [], [], 0
     for file, line, messages in conversations:
         try:
-            ex = encode_messages(tokenizer, messages, max_seq_len=cfg.max_seq_len, train_on=train_on, system=cfg.system_prompt)
+            ex, info = encode_with_info(tokenizer, messages, max_seq_len=cfg.max_seq_len, train_on=train_on, system=cfg.system_prompt)
         except EncodingRejected as err:
             rejects.append(Reject(file, line, str(err), messages))
             continue
-        truncated += len(ex["input_ids"]) == cfg.max_seq_len
+        truncated += any(info.values())
         examples.append(ex)
     return examples, rejects, truncated
 

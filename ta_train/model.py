@@ -21,18 +21,27 @@ def weights_source(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str) -> Any:
-    """The model's real tokenizer, right-padded for training; pad falls back to eos.
-
-    Padding is masked by position (attention mask and IGNORE_INDEX), so pad == eos does not stop
-    the end-of-turn token from being learned.
-    """
+    """The model's real tokenizer with a chat template, end-of-turn token and pad (chat_families)."""
     from transformers import AutoTokenizer
 
+    from ta_train.chat_families import prepare_tokenizer
+
     tok = AutoTokenizer.from_pretrained(tokenizer_source(cfg, cache_dir), trust_remote_code=cfg.trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    return tok
+    return prepare_tokenizer(tok, cfg.chat_family, cfg.pad_token)
+
+
+def resize_embeddings(model: Any, vocab_size: int) -> None:
+    """Grow the embeddings to `vocab_size` rows (a token was added), new rows = mean of the old ones."""
+    import torch
+
+    emb = model.get_input_embeddings()
+    old = emb.weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(x): x for x in (model.get_input_embeddings(), model.get_output_embeddings()) if x is not None}.values():
+            layer.weight[old:] = layer.weight[:old].mean(dim=0)
 
 
 def resolve_attn_implementation(
@@ -123,9 +132,14 @@ def build_base_model(cfg: TrainConfig) -> Any:
     return AutoModelForCausalLM.from_pretrained(weights_source(cfg.model, cfg.cache_dir), **kwargs)
 
 
-def build_model(cfg: TrainConfig) -> Any:
-    """Base model + gradient checkpointing + LoRA/QLoRA adapters, ready to train."""
+def build_model(cfg: TrainConfig, vocab_size: int | None = None) -> Any:
+    """Base model + gradient checkpointing + LoRA/QLoRA adapters, ready to train.
+
+    vocab_size: the tokenizer's length; the embeddings grow to it when a token was added.
+    """
     model = build_base_model(cfg)
+    if vocab_size is not None:
+        resize_embeddings(model, vocab_size)
     model.config.use_cache = False
     if cfg.peft.method == PeftMethod.qlora:
         from peft import prepare_model_for_kbit_training

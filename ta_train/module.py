@@ -21,10 +21,11 @@ class CausalLMModule(L.LightningModule):
     from its source on resume.
     """
 
-    def __init__(self, cfg: TrainConfig, accumulation: int) -> None:
+    def __init__(self, cfg: TrainConfig, accumulation: int, vocab_size: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.accumulation = accumulation
+        self.vocab_size = vocab_size
         self.model: Any = None
         self.strict_loading = cfg.peft.method == PeftMethod.none
         self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, tokens, correct, counted
@@ -32,7 +33,7 @@ class CausalLMModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = build_model(self.cfg)
+            self.model = build_model(self.cfg, self.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits

@@ -77,6 +77,7 @@ def answer(module: Any, tokenizer: Any, question: str, cfg: TrainConfig, *, base
     import torch
 
     from ta_train.chat import render_prompt
+    from ta_train.chat_families import end_of_turn_token
 
     messages = [{"role": "user", "content": question}]
     if cfg.data.system_prompt:
@@ -92,7 +93,7 @@ def answer(module: Any, tokenizer: Any, question: str, cfg: TrainConfig, *, base
             max_new_tokens=cfg.demo.max_new_tokens,
             do_sample=False,
             repetition_penalty=cfg.demo.repetition_penalty,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))}),
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,  # training turned the KV cache off in the model config
         )
@@ -122,7 +123,7 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> tuple[Any
         train_on=cfg.objective.train_on.value,
         work_dir=run_dir / "data",
     )
-    module = CausalLMModule(cfg, accumulation)
+    module = CausalLMModule(cfg, accumulation, vocab_size=len(tokenizer))
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     _write_json(run_dir / "run.json", {"config": _plain(cfg), "accumulation": accumulation, "devices": devices})
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir / "checkpoints"))

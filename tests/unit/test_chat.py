@@ -7,7 +7,9 @@ from ta_train.chat import (
     IGNORE_INDEX,
     EncodingRejected,
     encode_messages,
+    encode_with_info,
     from_alpaca,
+    left_padded_prompts,
     from_sharegpt,
     pad_left,
     pad_right,
@@ -37,9 +39,7 @@ def test_labels_cover_assistant_content_and_end_of_turn_only(smollm2_tokenizer):
     tok = smollm2_tokenizer
     assert tok.pad_token_id == tok.eos_token_id  # the trap: eos must still be learned
     enc = encode_messages(tok, TWO_TURNS, max_seq_len=512)
-    assert trained_text(tok, enc) == (
-        "The vector of partial derivatives.<|im_end|>\n每一步沿负梯度方向走的步长。<|im_end|>\n"
-    )
+    assert trained_text(tok, enc) == "The vector of partial derivatives.<|im_end|>每一步沿负梯度方向走的步长。<|im_end|>"
     for i, (x, y) in enumerate(zip(enc["input_ids"], enc["labels"])):
         assert y in (IGNORE_INDEX, x), f"label at {i} differs from its input id"
     assert enc["labels"].count(tok.eos_token_id) == 2
@@ -48,7 +48,7 @@ def test_labels_cover_assistant_content_and_end_of_turn_only(smollm2_tokenizer):
 def test_train_on_last_and_all(smollm2_tokenizer):
     tok = smollm2_tokenizer
     last = encode_messages(tok, TWO_TURNS, max_seq_len=512, train_on="last")
-    assert trained_text(tok, last) == "每一步沿负梯度方向走的步长。<|im_end|>\n"
+    assert trained_text(tok, last) == "每一步沿负梯度方向走的步长。<|im_end|>"
     everything = encode_messages(tok, TWO_TURNS, max_seq_len=512, train_on="all")
     assert everything["labels"] == everything["input_ids"]
 
@@ -62,20 +62,40 @@ def test_system_prompt_is_used_when_the_conversation_has_none(smollm2_tokenizer)
 def test_truncation_drops_the_oldest_exchange_and_keeps_the_latest_answer(smollm2_tokenizer):
     tok = smollm2_tokenizer
     full = encode_messages(tok, TWO_TURNS, max_seq_len=512)
-    enc = encode_messages(tok, TWO_TURNS, max_seq_len=len(full["input_ids"]) - 5)
+    enc, info = encode_with_info(tok, TWO_TURNS, max_seq_len=len(full["input_ids"]) - 5)
     text = tok.decode(enc["input_ids"])
     assert "What is a gradient?" not in text and text.endswith("步长。<|im_end|>\n")
-    tail = encode_messages(tok, TWO_TURNS[2:], max_seq_len=12)
-    assert len(tail["input_ids"]) == 12 and tail["input_ids"][-2] == tok.eos_token_id
+    assert text.startswith("<|im_start|>system\n")  # the (default) system prompt stays
+    assert info["dropped_turns"] == 2
 
 
-def test_an_example_with_no_label_left_is_rejected(smollm2_tokenizer):
-    long_answer_first = [
-        {"role": "user", "content": "x"},
-        {"role": "assistant", "content": "ok"},
-    ]
-    with pytest.raises(EncodingRejected, match="no trained token"):
-        encode_messages(smollm2_tokenizer, long_answer_first, max_seq_len=1)
+def test_many_short_turns_keep_the_most_recent_ones(smollm2_tokenizer):
+    turns = []
+    for k in range(40):
+        turns += [{"role": "user", "content": f"question {k}"}, {"role": "assistant", "content": f"answer {k}"}]
+    enc, info = encode_with_info(smollm2_tokenizer, turns, max_seq_len=120, system="Be brief.")
+    text = smollm2_tokenizer.decode(enc["input_ids"])
+    assert len(enc["input_ids"]) <= 120 and text.startswith("<|im_start|>system\nBe brief.")
+    assert "answer 39<|im_end|>" in text and "question 0\n" not in text and info["dropped_turns"] > 0
+
+
+def test_one_enormous_user_turn_loses_its_left_side(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    huge = " ".join(f"w{k}" for k in range(3000)) + " THE QUESTION?"
+    msgs = [{"role": "user", "content": huge}, {"role": "assistant", "content": "The answer."}]
+    enc, info = encode_with_info(tok, msgs, max_seq_len=100, system="Be brief.")
+    text = tok.decode(enc["input_ids"])
+    assert len(enc["input_ids"]) <= 100 and info["trimmed_chars"] > 0 and info["cut_tokens"] == 0
+    assert text.startswith("<|im_start|>system\nBe brief.") and "THE QUESTION?" in text and "w0 " not in text
+    assert trained_text(tok, enc) == "The answer.<|im_end|>"
+
+
+def test_a_very_long_system_prompt_keeps_the_tail(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    system = "Rule. " * 400
+    enc, info = encode_with_info(tok, TWO_TURNS[:2], max_seq_len=64, system=system)
+    assert len(enc["input_ids"]) == 64 and info["cut_tokens"] > 0
+    assert trained_text(tok, enc) == "The vector of partial derivatives.<|im_end|>"
 
 
 def test_render_prompt_ends_with_the_assistant_header(smollm2_tokenizer):
@@ -108,3 +128,12 @@ def test_alpaca_and_sharegpt_conversions():
         from_sharegpt({"conversations": [{"from": "bot", "value": "a"}]})
     with pytest.raises(ValueError, match="'output'"):
         from_alpaca({"instruction": "x", "output": ""})
+
+
+def test_left_padded_generation_batch(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    batch = left_padded_prompts(tok, [TWO_TURNS[:1], TWO_TURNS[:3]])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[0] == 2 and mask[0, 0] == 0 and mask[1].all()
+    for row in ids:
+        assert tok.decode(row[-4:]) == "<|im_start|>assistant\n"
