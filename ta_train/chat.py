@@ -59,7 +59,7 @@ def from_sharegpt(record: dict[str, Any]) -> list[dict[str, str]]:
             raise ValueError(f"conversations[{i}] has unknown speaker {speaker!r}")
         if not isinstance(text, str):
             raise ValueError(f"conversations[{i}] has no string value/content")
-        messages.append({"role": _SHAREGPT_ROLES[speaker], "content": text.strip()})
+        messages.append({"role": _SHAREGPT_ROLES[speaker], "content": text})  # raw: encode normalizes, inspect lints
     validate_messages(messages)
     return messages
 

@@ -217,6 +217,14 @@ class DemoConfig:
 
 
 @dataclass
+class InspectConfig:
+    """`python -m ta_train.inspect`: how many examples to print, and whether to color them."""
+
+    n: int = 3
+    color: str = "auto"  # auto (when printing to a terminal) | always | never
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -231,6 +239,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
     gradient_checkpointing: bool = False
     seed: int = 42
     run_dir: str = MISSING  # Hydra's output dir for the run

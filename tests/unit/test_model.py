@@ -85,3 +85,14 @@ def test_csv_logger_is_always_on(tmp_path, make_cfg):
     cfg = make_cfg()
     loggers = build_loggers(cfg.logger, tmp_path)
     assert [type(l) for l in loggers] == [CSVLogger] and Path(loggers[0].log_dir) == tmp_path
+
+
+def test_an_added_pad_token_grows_the_embeddings_with_the_mean_row(make_cfg):
+    import torch
+
+    cfg = make_cfg("peft=none")
+    model = build_model(cfg, vocab_size=cfg.model.arch.vocab_size + 1)
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] == cfg.model.arch.vocab_size + 1
+    assert torch.allclose(emb[-1], emb[:-1].mean(dim=0), atol=1e-6)
+    assert model.get_output_embeddings().weight.shape[0] == emb.shape[0]
