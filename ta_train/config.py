@@ -98,6 +98,7 @@ class DataConfig:
     val_fraction: float = 0.05  # held out per source before mixing
     val_max_samples: int = 512
     system_prompt: Optional[str] = None  # applied to records that carry none
+    packing: bool = False  # several examples per max_seq_len row, isolated by position_ids
     shuffle_seed: int = 1234
 
 

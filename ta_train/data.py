@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_with_info, from_alpaca, from_sharegpt, pad_right
 from ta_train.config import DataConfig, SourceConfig
+from ta_train.packing import pad_packed
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,9 @@ class WindowedLoader:
         # Advance the epoch when iteration starts: Lightning stops at len() without exhausting us.
         plan, start = self.epoch_plan(self.epoch), self._start
         self.epoch, self._start = self.epoch + 1, 0
+        collate = pad_packed if "position_ids" in self.examples[0] else pad_right
         for idx, window_tokens in plan[start:]:
-            batch = {k: torch.tensor(v) for k, v in pad_right([self.examples[j] for j in idx], self.pad_id).items()}
+            batch = {k: torch.tensor(v) for k, v in collate([self.examples[j] for j in idx], self.pad_id).items()}
             batch["window_tokens"] = torch.tensor(window_tokens)
             yield batch
 

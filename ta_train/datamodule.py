@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 
 from ta_train.config import DataConfig
+from ta_train.packing import pack_examples
 from ta_train.data import (
     Reject,
     WindowedLoader,
@@ -66,9 +67,13 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples, enc_rejects, n_trunc = encode_all(self.tokenizer, train_items, self.cfg, self.train_on)
         self.val_examples, val_rejects, _ = encode_all(self.tokenizer, val_items, self.cfg, self.train_on)
         rejects += enc_rejects + val_rejects
+        n_unpacked = len(self.train_examples)
+        if self.cfg.packing:
+            self.train_examples = pack_examples(self.train_examples, self.cfg.max_seq_len)
         self.stats = {
             "sources": per_source,
-            "train_examples": len(self.train_examples),
+            "train_examples": n_unpacked,
+            "train_rows": len(self.train_examples),
             "val_examples": len(self.val_examples),
             "train_tokens": sum(len(e["input_ids"]) for e in self.train_examples),
             "train_trained_tokens": sum(trained_tokens(e) for e in self.train_examples),

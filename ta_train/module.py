@@ -35,11 +35,17 @@ class CausalLMModule(L.LightningModule):
         if self.model is None:
             self.model = build_model(self.cfg, self.vocab_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, T, V). Packed rows carry position_ids and no attention mask (see packing.py)."""
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            use_cache=False,
+        ).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch)
         loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], self.cfg.objective.label_smoothing)
         window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
         loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens)
@@ -73,7 +79,7 @@ class CausalLMModule(L.LightningModule):
         self._val_sums.zero_()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch)
         loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], label_smoothing=0.0)
         correct, counted = token_accuracy_counts(logits, batch["labels"])
         self._val_sums += torch.stack([loss_sum.double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])
