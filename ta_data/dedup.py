@@ -27,6 +27,7 @@ after partitioning rows by band key): bands are independent and their candidate 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -83,6 +84,41 @@ def normalize(text: str) -> str:
     return " ".join(_nfkc(text).casefold().split())
 
 
+@functools.cache
+def _single_char_nfkd() -> np.ndarray:
+    """(65536,) uint32: each BMP code point's NFKD when that is one character, else itself (~70 ms once)."""
+    lut = np.arange(0x10000, dtype=np.uint32)
+    for c in range(0x10000):
+        if not 0xD800 <= c < 0xE000:
+            d = unicodedata.normalize("NFKD", chr(c))
+            if len(d) == 1:
+                lut[c] = ord(d)
+    return lut
+
+
+def normalize_many(texts: Sequence[str]) -> list[str]:
+    """[normalize(t) for t in texts], 2-3x faster on Chinese text.
+
+    First every character whose NFKD is a single character (full-width forms, the ideographic space,
+    CJK compatibility ideographs: 1,758 in the BMP) is replaced by it, in numpy over all texts at once.
+    That never changes the NFKC result (NFKC = compose(NFKD), and NFKD of the replacement is itself),
+    and it leaves most texts already NFKC, which `_nfkc`'s quick check then passes.
+    """
+    if not texts:
+        return []
+    cp = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    mapped = _single_char_nfkd()[np.minimum(cp, 0xFFFF)]
+    astral = cp > 0xFFFF
+    mapped[astral] = cp[astral]
+    joined = mapped.tobytes().decode("utf-32-le", "surrogatepass")
+    out: list[str] = []
+    pos = 0
+    for t in texts:
+        out.append(" ".join(_nfkc(joined[pos : pos + len(t)]).casefold().split()))
+        pos += len(t)
+    return out
+
+
 def exact_keys(normalized: Sequence[str]) -> np.ndarray:
     """(docs,) 16-byte blake2b digests of the UTF-8 normalized texts (dtype V16, sortable)."""
     digests = b"".join(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in normalized)
@@ -131,7 +167,7 @@ class Sketch:
 def minhash_signatures(texts: Sequence[str], params: SketchParams | None = None) -> np.ndarray:
     """(docs, num_perm) uint32 MinHash signatures of the 5-gram sets of the normalized texts."""
     params = params or SketchParams.for_threshold()
-    hashes, offsets = shingle_hashes([normalize(t) for t in texts])
+    hashes, offsets = shingle_hashes(normalize_many(texts))
     return minhash_signatures_from_hashes(hashes, offsets, params.num_perm, params.seed, params.engine)
 
 
@@ -144,7 +180,7 @@ def sketch(texts: Sequence[str], ids: Sequence[int] | np.ndarray | None = None, 
     exact = np.zeros(len(texts), dtype="V16")
     bands = np.zeros((len(texts), params.bands), dtype=np.uint64)
     for lo in range(0, len(texts), CHUNK_DOCS):
-        normalized = [normalize(t) for t in texts[lo : lo + CHUNK_DOCS]]
+        normalized = normalize_many(texts[lo : lo + CHUNK_DOCS])
         hashes, offsets = shingle_hashes(normalized)
         sig = minhash_signatures_from_hashes(hashes, offsets, params.num_perm, params.seed, params.engine)
         exact[lo : lo + len(normalized)] = exact_keys(normalized)
@@ -198,7 +234,7 @@ def confirm_pairs(
     if len(pairs) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     involved = np.unique(pairs)
-    sets = unique_rows(*shingle_hashes([normalize(texts[int(i)]) for i in involved]))
+    sets = unique_rows(*shingle_hashes(normalize_many([texts[int(i)] for i in involved])))
     row = {int(i): k for k, i in enumerate(involved)}
     keep = [sorted_jaccard(sets[row[int(i)]], sets[row[int(j)]]) >= threshold for i, j in pairs]
     return np.asarray(pairs, dtype=np.int64)[np.asarray(keep, dtype=bool)]
@@ -228,26 +264,40 @@ def _find(parent: dict[int, int], x: int) -> int:
     return x
 
 
-def cluster(sk: Sketch, confirmed: np.ndarray, n_candidates: int = 0) -> DedupResult:
-    """Union-find over exact groups and confirmed near pairs; each cluster keeps its smallest id."""
-    reps = exact_representatives(sk)
+def _cluster_roots(reps: np.ndarray, confirmed: np.ndarray) -> np.ndarray:
+    """Smallest id of each document's cluster, given its exact representative and the confirmed pairs.
+
+    Union-find runs over the confirmed pairs only (a few % of documents); every other document's
+    root is its exact representative.
+    """
     parent: dict[int, int] = {}
     for i, j in confirmed.tolist():
         ri, rj = _find(parent, i), _find(parent, j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
-    result = DedupResult(n_candidates=n_candidates)
-    for doc, rep in sorted(zip(sk.ids.tolist(), reps.tolist())):
-        root = _find(parent, rep)
-        if root == doc:
-            result.keep.append(doc)
-        else:
-            result.removed[doc] = root
-            if rep != doc:
-                result.n_exact += 1
-            else:
-                result.n_near += 1
-    return result
+    if not parent:
+        return reps.copy()
+    nodes = np.array(sorted(parent), dtype=np.int64)
+    node_roots = np.array([_find(parent, x) for x in nodes.tolist()], dtype=np.int64)
+    pos = np.minimum(np.searchsorted(nodes, reps), nodes.size - 1)
+    hit = nodes[pos] == reps
+    return np.where(hit, node_roots[pos], reps)
+
+
+def cluster(sk: Sketch, confirmed: np.ndarray, n_candidates: int = 0) -> DedupResult:
+    """Union-find over exact groups and confirmed near pairs; each cluster keeps its smallest id."""
+    order = np.argsort(sk.ids, kind="stable")
+    ids = sk.ids[order]
+    reps = exact_representatives(sk)[order]
+    roots = _cluster_roots(reps, confirmed)
+    gone = roots != ids
+    return DedupResult(
+        keep=ids[~gone].tolist(),
+        removed=dict(zip(ids[gone].tolist(), roots[gone].tolist())),
+        n_exact=int(np.count_nonzero(gone & (reps != ids))),
+        n_near=int(np.count_nonzero(gone & (reps == ids))),
+        n_candidates=n_candidates,
+    )
 
 
 def _near_pairs_of_representatives(texts: Sequence[str], threshold: float) -> tuple[Sketch, np.ndarray, int]:
@@ -257,23 +307,32 @@ def _near_pairs_of_representatives(texts: Sequence[str], threshold: float) -> tu
     return sk, confirm_pairs(candidates, texts, threshold), len(candidates)
 
 
-def near_duplicate_pairs(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int]]:
-    """All found pairs (i, j), i < j, sorted, whose normalized 5-gram sets have Jaccard >= threshold.
+def expand_exact_pairs(sk: Sketch, confirmed: np.ndarray) -> list[tuple[int, int]]:
+    """Confirmed representative pairs plus exact duplicates, as all (i, j) id pairs, i < j, sorted.
 
-    Exact duplicates are included: every pair within an exact group, and every member of two exact
-    groups whose representatives were confirmed (their 5-gram sets are identical).
+    Every pair within an exact group, and every member of two exact groups whose representatives
+    were confirmed (their 5-gram sets are identical to the representatives').
     """
-    sk, confirmed, _ = _near_pairs_of_representatives(texts, threshold)
-    reps = exact_representatives(sk)
     members: dict[int, list[int]] = {}
-    for doc, rep in zip(sk.ids.tolist(), reps.tolist()):
+    for doc, rep in zip(sk.ids.tolist(), exact_representatives(sk).tolist()):
         members.setdefault(rep, []).append(doc)
     out: set[tuple[int, int]] = set()
     for group in members.values():
-        out.update((a, b) for k, a in enumerate(group) for b in group[k + 1 :])
+        if len(group) > 1:
+            group.sort()
+            out.update((a, b) for k, a in enumerate(group) for b in group[k + 1 :])
     for i, j in confirmed.tolist():
         out.update((min(a, b), max(a, b)) for a in members[i] for b in members[j])
     return sorted(out)
+
+
+def near_duplicate_pairs(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int]]:
+    """All found pairs (i, j), i < j, sorted, whose normalized 5-gram sets have Jaccard >= threshold.
+
+    Exact duplicates (same normalized text) are included.
+    """
+    sk, confirmed, _ = _near_pairs_of_representatives(texts, threshold)
+    return expand_exact_pairs(sk, confirmed)
 
 
 def dedup(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> DedupResult:

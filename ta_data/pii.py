@@ -18,7 +18,6 @@ import datetime as dt
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +65,7 @@ _STUDENT_ID = re.compile(
     rf" *(?:[:：#=]|是|为|(?i:is))? *({_SID_VALUE}(?: *(?:[、/]|和|(?i:and)) *{_SID_VALUE})*)(?![0-9A-Za-z])"
 )
 _SID_ONE = re.compile(rf"(?<![0-9A-Za-z]){_SID_VALUE}(?![0-9A-Za-z])")
+_ALNUM_RUN = re.compile(r"[0-9A-Za-z]+")  # roster IDs are compared as whole runs
 
 
 @dataclass(frozen=True)
@@ -133,15 +133,8 @@ def _student_ids(t: str, roster: Roster | None) -> list[tuple[int, int]]:
         base = m.start(1)
         spans += [(base + v.start(), base + v.end()) for v in _SID_ONE.finditer(m.group(1))]
     if roster and roster.student_ids:
-        spans += [(m.start(), m.end()) for m in _roster_id_pattern(roster.student_ids).finditer(t)]
+        spans += [(m.start(), m.end()) for m in _ALNUM_RUN.finditer(t) if m.group() in roster.student_ids]
     return spans
-
-
-@lru_cache(maxsize=16)
-def _roster_id_pattern(ids: frozenset[str]) -> re.Pattern[str]:
-    """One alternation over roster IDs, longest first, delimited by non-alphanumerics."""
-    alts = "|".join(map(re.escape, sorted(ids, key=len, reverse=True)))
-    return re.compile(rf"(?<![0-9A-Za-z])(?:{alts})(?![0-9A-Za-z])")
 
 
 def _candidates(t: str, roster: Roster | None) -> list[tuple[int, int, Kind]]:

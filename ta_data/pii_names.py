@@ -18,20 +18,20 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 
 # Right cues: the name ends where one starts. Honorifics also allow a bare surname (李老师).
 _HONORIFIC = "同学|老师|教授|助教|先生|女士|博士|师兄|师姐|学长|学姐|主任|院士|讲师|导师"
-_VERB = "说(?![明法服])|问(?![题卷候号])|回答|提问|发言|指出|认为|提到|表示|补充|写道|讲到"
+_VERB = "(?<![小听据])说(?![明法服不])|问(?![题卷候号])|回答|提问|发言|指出|认为|提到|表示|补充|写道|讲到"
 RIGHT_CUE = re.compile(f"(?P<hon>{_HONORIFIC})|(?P<verb>{_VERB})")
 # Left cues: the name starts where one ends.
 LEFT_CUE = re.compile(
     "(?:请|助教|同学|学生|教授|讲师|导师|班长|组长|课代表|联系人|作者|主讲人?|成员|组员|姓名|名字[叫是]?"
-    "|我叫|名叫|叫做|感谢|谢谢|致谢)[ :：]*"
+    "|我叫|名叫|叫做|感谢|谢谢|致谢|联系|告诉|通知|提醒)[ :：]*"
 )
-_WEAK_LEFT = frozenset("和与跟及给对向让被把由于替为帮问叫是在")  # a name may start right after these
+_WEAK_LEFT = frozenset("和与跟及给对向让被把由于替为帮问叫是在找")  # a name may start right after these
 _WEAK_RIGHT = frozenset("、的和与及也在是就都")  # ...and end right before these
 _LIST_SEP = frozenset("、和与及")
 # Characters that (almost) never appear in a given name: function words and cue characters.
 _NOT_GIVEN = frozenset(
     "的了是在和与我你他她它们这那个不也都就要会有说问请吗呢吧啊么其或及等被把从对向给让到为"
-    "同学师课题章节第次些很更最还又再已将所以因而但如果"
+    "同学师课题章节第次些很更最还又再已将所以因而但如果于且并则即况人地处面分开去来过着得没无非否只才该用做作哪谁怎"
 )
 _TOP_SURNAMES = 100  # the first 100 lines of zh_surnames.txt are the common tier
 
@@ -110,10 +110,10 @@ class _ZhDoc:
         self.cue_ends = {m.end() for m in LEFT_CUE.finditer(text)}
 
     def surname_rank(self, i: int, j: int, allow_bare: bool) -> int | None:
-        """Rank of text[i:j] as surname + 0-2 given characters, or None when it cannot be a name."""
+        """Rank of text[i:j] as surname + 0-2 given characters (-1: compound surname), or None."""
         cand, lex = self.text[i:j], self.lex
         if cand[:2] in lex.compounds:
-            n_sur, rank = 2, 0
+            n_sur, rank = 2, -1
         elif cand[0] in lex.surname_rank:
             n_sur, rank = 1, lex.surname_rank[cand[0]]
         else:
@@ -145,12 +145,13 @@ class _ZhDoc:
                 break
             rank = self.surname_rank(i, p, allow_bare=honorific)
             if rank is not None:
-                options.append((self.left_strength(i), length, rank >= _TOP_SURNAMES, i))
+                tier = 0 if rank < 0 else 1 if rank < _TOP_SURNAMES else 2
+                options.append((self.left_strength(i), length, tier, i))
         justified = [o for o in options if o[0] > 0]
         if justified:
             return max(justified)[3], p
         # No boundary on the left ("班主任王伟老师"): only after an honorific, with a given name;
-        # prefer a common surname, then the shorter name.
+        # prefer a compound surname, then a common one, then the shorter name.
         bare_len = {i: 2 if self.text[i : i + 2] in self.lex.compounds else 1 for *_, i in options}
         loose = [(o[2], o[1], o[3]) for o in options if o[1] > bare_len[o[3]]]
         if need_left or not honorific or not loose:
@@ -186,7 +187,7 @@ def _zh_lists(doc: _ZhDoc, found: set[tuple[int, int]]) -> None:
     while frontier:
         i, j = frontier.pop()
         nxt = doc.starting_at(j + 1) if j < len(doc.text) and doc.text[j] in _LIST_SEP else None
-        prev = doc.ending_at(i - 1, honorific=False, need_left=True) if i > 1 and doc.text[i - 1] == "、" else None
+        prev = doc.ending_at(i - 1, False, need_left=True) if i > 1 and doc.text[i - 1] in _LIST_SEP else None
         for hit in (nxt, prev):
             if hit and hit not in found:
                 found.add(hit)
@@ -240,13 +241,26 @@ def _en_names(text: str, lex: Lexicon) -> set[tuple[int, int]]:
 
 
 @lru_cache(maxsize=16)
-def _roster_pattern(names: frozenset[str]) -> re.Pattern[str] | None:
-    """One alternation over roster names, longest first; Latin names must stand as whole words."""
-    parts = [
-        re.escape(n) if is_cjk(n[0]) else rf"(?<![A-Za-z]){re.escape(n)}(?![A-Za-z])"
-        for n in sorted(names, key=len, reverse=True)
-    ]
-    return re.compile("|".join(parts)) if parts else None
+def _roster_index(names: frozenset[str]) -> tuple[frozenset[str], tuple[int, ...]]:
+    """First characters of roster names and their lengths, longest first (set lookups beat a
+    3,000-way regex alternation by ~10x)."""
+    return frozenset(n[0] for n in names), tuple(sorted({len(n) for n in names}, reverse=True))
+
+
+def _roster_hits(text: str, names: frozenset[str]) -> set[tuple[int, int]]:
+    """Longest roster name at each position; a Latin name must stand as a whole word."""
+    firsts, lengths = _roster_index(names)
+    hits = set()
+    for i, ch in enumerate(text):
+        latin = ch.isascii() and ch.isalpha()
+        if ch not in firsts or (latin and i and text[i - 1].isascii() and text[i - 1].isalpha()):
+            continue
+        for n in lengths:
+            j = i + n
+            if text[i:j] in names and not (latin and j < len(text) and text[j].isascii() and text[j].isalpha()):
+                hits.add((i, j))
+                break
+    return hits
 
 
 def find_name_spans(text: str, roster_names: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
@@ -257,12 +271,9 @@ def find_name_spans(text: str, roster_names: frozenset[str] = frozenset()) -> li
     """
     lex = lexicon()
     found = _zh_names(text, lex) | _en_names(text, lex)
-    pattern = _roster_pattern(roster_names)
-    if pattern is not None:
-        veto = {(m.start(), m.end()) for m in lex.zh_veto.finditer(text)}
-        for m in pattern.finditer(text):
-            if not any(s < m.end() and m.start() < e for s, e in veto):
-                found.add((m.start(), m.end()))
+    if roster_names:
+        veto = [(m.start(), m.end()) for m in lex.zh_veto.finditer(text)]
+        found |= {(i, j) for i, j in _roster_hits(text, roster_names) if not any(s < j and i < e for s, e in veto)}
     return sorted(found)
 
 
