@@ -165,12 +165,16 @@ def jieba_cued(base: Callable[[str], list[Detection]], keep_rules: bool) -> Call
     return detect
 
 
-def score(detectors: dict[str, Callable[[str], list[Detection]]], data: Path, clean: Path, out: Path) -> dict:
-    """Run bench_pii.py's scoring loop on our detectors; returns its results dict."""
+def score(detectors: dict[str, Callable[[str], list[Detection]]], data: Path, clean: Path, out: Path,
+          baselines: tuple[str, ...] = ()) -> dict:
+    """Run bench_pii.py's scoring loop on our detectors (plus its own named baselines); returns its results."""
     sys.path.insert(0, str(SHARED))
     import bench_pii
 
-    bench_pii.DETECTORS = detectors
+    if not hasattr(bench_pii, "BASELINES"):
+        bench_pii.BASELINES = dict(bench_pii.DETECTORS)
+
+    bench_pii.DETECTORS = {**detectors, **{k: bench_pii.BASELINES[k] for k in baselines}}
     argv = sys.argv
     sys.argv = ["bench_pii.py", "--data", str(data), "--clean", str(clean), "--out", str(out)]
     try:
@@ -203,10 +207,28 @@ def print_table(name: str, res: dict, speed: float | None) -> None:
     print(f"negatives redacted (should be 0): {neg}")
 
 
+def real_text_check(corpus: Path) -> None:
+    """Detections on real textbook chapters (d2l-zh, OpenStax Physics): no planted PII, so every hit is
+    either a real person's name in the text or a false positive; print them all for reading."""
+    files = sorted(corpus.rglob("*.md"))
+    if not files:
+        return
+    chars, hits = 0, []
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        chars += len(text)
+        hits += [(f.parent.name, s, text[max(0, s.start - 12) : s.end + 12]) for s in find_pii(text)]
+    print(f"\n## real text: {len(files)} textbook files under {corpus}, {chars:,} chars, {len(hits)} detections")
+    for folder, span, ctx in hits:
+        print(f"- {folder}: {span.kind} {span.text!r} in {ctx!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/pii_data"))
     ap.add_argument("--no-jieba", action="store_true", help="skip the jieba comparison rows")
+    ap.add_argument("--baselines", nargs="*", default=[], metavar="NAME",
+                    help="also score bench_pii.py's own detectors, e.g. lookaround_ctx jieba_nr surname_ctx")
     args = ap.parse_args()
     if not (SHARED / "gen_pii.py").exists():
         print(f"skip: {SHARED} not found (the shared PII benchmark is not on this machine)")
@@ -244,11 +266,12 @@ def main() -> None:
     print(f"data: {d} ({len(main_rows)} docs + {len(clean_texts)} clean; extra set in pii_extra.jsonl)")
     print("docs/s: find_pii over the 5,000 + 2,000 docs, one process, after a warm-up document")
     for label, dets, data in (("shared set", with_roster, d / "pii.jsonl"), ("extra set", detectors, d / "pii_extra.jsonl")):
-        results = score(dets, data, d / "pii_clean.jsonl", d / f"scores_{data.stem}.json")
+        results = score(dets, data, d / "pii_clean.jsonl", d / f"scores_{data.stem}.json", tuple(args.baselines))
         print(f"\n## {label}: {data}")
         for name, res in results.items():
-            speed = docs_per_second(dets[name], texts) if label == "shared set" else None
+            speed = docs_per_second(dets[name], texts) if label == "shared set" and name in dets else None
             print_table(name, res, speed)
+    real_text_check(SHARED.parent.parent / "assets" / "corpus")
 
 
 if __name__ == "__main__":

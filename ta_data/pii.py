@@ -118,10 +118,12 @@ def id_card_valid(number: str) -> bool:
 
 
 def _id_cards(t: str) -> list[tuple[int, int]]:
+    """18-digit ID-card shapes whose date and check character are valid (others stay text)."""
     return [(m.start(), m.end()) for m in _ID_CARD.finditer(t) if id_card_valid(m.group())]
 
 
 def _landlines(t: str) -> list[tuple[int, int]]:
+    """Landlines with a separated or bracketed area code, 400/800 lines, bare ones after 电话/Tel."""
     spans = [(m.start(), m.end()) for m in _LANDLINE.finditer(t)]
     return spans + [(m.start(1), m.end(1)) for m in _LANDLINE_KEYWORD.finditer(t)]
 
@@ -149,18 +151,20 @@ def _candidates(t: str, roster: Roster | None) -> list[tuple[int, int, Kind]]:
     return out
 
 
-def _resolve(cands: list[tuple[int, int, Kind]]) -> list[tuple[int, int, Kind]]:
+def _resolve(cands: list[tuple[int, int, Kind]], length: int) -> list[tuple[int, int, Kind]]:
     """Keep a non-overlapping subset: higher-priority kind first, then the longer span, then earlier."""
+    used = bytearray(length)  # 1 where a kept span already covers the character
     taken: list[tuple[int, int, Kind]] = []
     for s, e, kind in sorted(cands, key=lambda c: (KINDS.index(c[2]), c[0] - c[1], c[0])):
-        if all(e <= ts or te <= s for ts, te, _ in taken):
+        if not any(used[s:e]):
+            used[s:e] = b"\x01" * (e - s)
             taken.append((s, e, kind))
     return sorted(taken)
 
 
 def find_pii(text: str, roster: Roster | None = None) -> list[Span]:
     """PII spans of text, non-overlapping and sorted by start."""
-    return [Span(s, e, k, text[s:e]) for s, e, k in _resolve(_candidates(fold_width(text), roster))]
+    return [Span(s, e, k, text[s:e]) for s, e, k in _resolve(_candidates(fold_width(text), roster), len(text))]
 
 
 def scrub(text: str, roster: Roster | None = None) -> ScrubResult:
@@ -214,6 +218,6 @@ def load_roster(path: str | Path) -> Roster:
         if lineno == 1 and {f.strip().lower() for f in fields} <= _NAME_HEADERS | _ID_HEADERS:
             continue
         name, sid = _roster_row(fields, f"{path}:{lineno}")
-        names.update([name] if name else [])
+        names.update([fold_width(name)] if name else [])
         ids.update([sid] if sid else [])
     return Roster(frozenset(names), frozenset(ids))

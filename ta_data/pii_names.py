@@ -40,8 +40,8 @@ _EN_NAME = rf"{_EN_TOK}(?: {_EN_TOK}){{0,2}}"
 _EN_STRONG = [  # the cue itself says a person follows: keep even a course-term surname (Prof. Taylor)
     re.compile(rf"(?<![A-Za-z])(?:Prof|Professor|Dr|Mr|Mrs|Ms|Mx|Miss|Dean|TA)\.? +({_EN_NAME})"),
     re.compile(rf"(?<![A-Za-z])(?i:my name is|my name's|i am called|call me|name:) *({_EN_NAME})"),
-    re.compile(
-        rf"(?<![A-Za-z])(?i:student|classmate|teammate|tutor|instructor|teacher|lecturer|grader|advisor) +({_EN_NAME})"
+    re.compile(  # lower-case role words only: "the student Laura Clark", not the heading "Teacher Support"
+        rf"(?<![A-Za-z])(?:student|classmate|teammate|tutor|instructor|teacher|lecturer|grader|advisor) +({_EN_NAME})"
     ),
 ]
 _EN_WEAK = [  # weaker cues: a course term alone is not taken as a name here
