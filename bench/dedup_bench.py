@@ -109,10 +109,22 @@ def run_baseline(shared: Path, corpus: Path, out: Path, threshold: float) -> lis
     stats = json.loads((out / f"bench_{tag}.json").read_text())
     rows = []
     for suffix, label in (("", "LSH candidates"), ("_verified", "+ MinHash-estimate check")):
-        rows.append({"system": f"datasketch 2.0.0 MinHashLSH, {label}", "bands_x_rows": f"{stats['bands_b']}x{stats['rows_r']}",
+        layout = f"{stats['bands_b']}x{stats['rows_r']}"
+        rows.append({"system": f"datasketch 2.0.0 MinHashLSH, {label}", "bands_x_rows": layout,
                      "docs_per_cpu_s_excl_load": stats["docs_per_cpu_s_excl_load"], **proc, "n_docs": stats["n_docs"],
                      "scores": scores(shared, corpus, out / f"pairs_{tag}{suffix}.tsv", None, threshold)})
     return rows
+
+
+def machine() -> str:
+    """CPU model, logical CPUs and Python version of this box."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def table(rows: list[dict]) -> str:
@@ -154,7 +166,8 @@ def main() -> None:
         proc = measured([sys.executable, __file__, str(args.corpus), "--worker", engine, "--out", str(out),
                          "--threshold", str(args.threshold)], out / "log.txt")
         stats = json.loads((out / "stats.json").read_text())
-        rows.append({**stats, **proc, "scores": scores(shared, args.corpus, out / "pairs.tsv", out / "removed.txt", args.threshold)})
+        score = scores(shared, args.corpus, out / "pairs.tsv", out / "removed.txt", args.threshold)
+        rows.append({**stats, **proc, "scores": score})
     if not args.no_baseline:
         try:
             import datasketch  # noqa: F401
@@ -162,8 +175,7 @@ def main() -> None:
             print("datasketch not installed: baseline skipped (pip install datasketch==2.0.0 xxhash jieba==0.42.1)")
         else:
             rows += run_baseline(shared, args.corpus, args.out / "baseline", args.threshold)
-    summary = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs, Python {platform.python_version()}", "corpus": str(args.corpus),
+    summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "corpus": str(args.corpus),
                "threshold": args.threshold, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -22,8 +22,10 @@ bucketing only needs ~152 bytes per document (16-byte exact key + 16 uint64 band
     pairs = confirm_pairs(pairs, texts_by_id, params.threshold)   # needs only the candidates' texts
     result = cluster(merged, pairs)
 
-At billions of documents, bucket each band separately (`minhash.bucket_pairs(part.bands[:, [b]], ids)`
-after partitioning rows by band key): bands are independent and their candidate pairs just union.
+`candidate_pairs` sorts all docs x bands keys in one process (8 bytes per band per document). Past
+that, shuffle instead: route each (exact key, id) by exact key to find exact groups, then each
+(band key, id) row of the representatives by band key; every reducer runs `minhash.bucket_pairs` on its
+rows (the band index salts each key, so bands never collide) and the candidate set is the union.
 """
 from __future__ import annotations
 
@@ -171,7 +173,9 @@ def minhash_signatures(texts: Sequence[str], params: SketchParams | None = None)
     return minhash_signatures_from_hashes(hashes, offsets, params.num_perm, params.seed, params.engine)
 
 
-def sketch(texts: Sequence[str], ids: Sequence[int] | np.ndarray | None = None, params: SketchParams | None = None) -> Sketch:
+def sketch(
+    texts: Sequence[str], ids: Sequence[int] | np.ndarray | None = None, params: SketchParams | None = None
+) -> Sketch:
     """Exact keys and LSH band keys of texts, CHUNK_DOCS at a time; ids default to 0..len(texts)-1."""
     params = params or SketchParams.for_threshold()
     ids_arr = np.arange(len(texts), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
@@ -233,11 +237,15 @@ def confirm_pairs(
     """
     if len(pairs) == 0:
         return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64)
     involved = np.unique(pairs)
-    sets = unique_rows(*shingle_hashes(normalize_many([texts[int(i)] for i in involved])))
-    row = {int(i): k for k, i in enumerate(involved)}
-    keep = [sorted_jaccard(sets[row[int(i)]], sets[row[int(j)]]) >= threshold for i, j in pairs]
-    return np.asarray(pairs, dtype=np.int64)[np.asarray(keep, dtype=bool)]
+    sets: list[np.ndarray] = []  # 8 bytes per distinct shingle of each involved document
+    for lo in range(0, involved.size, CHUNK_DOCS):
+        chunk = normalize_many([texts[i] for i in involved[lo : lo + CHUNK_DOCS].tolist()])
+        sets += unique_rows(*shingle_hashes(chunk))
+    rows = np.searchsorted(involved, pairs).tolist()
+    keep = [sorted_jaccard(sets[i], sets[j]) >= threshold for i, j in rows]
+    return pairs[np.asarray(keep, dtype=bool)]
 
 
 @dataclass
@@ -300,13 +308,6 @@ def cluster(sk: Sketch, confirmed: np.ndarray, n_candidates: int = 0) -> DedupRe
     )
 
 
-def _near_pairs_of_representatives(texts: Sequence[str], threshold: float) -> tuple[Sketch, np.ndarray, int]:
-    """Sketch of the texts, confirmed pairs among exact-group representatives, candidate count."""
-    sk = sketch(texts, params=SketchParams.for_threshold(threshold))
-    candidates = candidate_pairs(sk)
-    return sk, confirm_pairs(candidates, texts, threshold), len(candidates)
-
-
 def expand_exact_pairs(sk: Sketch, confirmed: np.ndarray) -> list[tuple[int, int]]:
     """Confirmed representative pairs plus exact duplicates, as all (i, j) id pairs, i < j, sorted.
 
@@ -326,16 +327,27 @@ def expand_exact_pairs(sk: Sketch, confirmed: np.ndarray) -> list[tuple[int, int
     return sorted(out)
 
 
-def near_duplicate_pairs(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int]]:
+def _near_pairs_of_representatives(
+    texts: Sequence[str], threshold: float, engine: Engine | None
+) -> tuple[Sketch, np.ndarray, int]:
+    """Sketch of the texts, confirmed pairs among exact-group representatives, candidate count."""
+    sk = sketch(texts, params=SketchParams.for_threshold(threshold, engine=engine))
+    candidates = candidate_pairs(sk)
+    return sk, confirm_pairs(candidates, texts, threshold), len(candidates)
+
+
+def near_duplicate_pairs(
+    texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD, *, engine: Engine | None = None
+) -> list[tuple[int, int]]:
     """All found pairs (i, j), i < j, sorted, whose normalized 5-gram sets have Jaccard >= threshold.
 
-    Exact duplicates (same normalized text) are included.
+    Exact duplicates (same normalized text) are included. engine: MinHash engine (default: fastest).
     """
-    sk, confirmed, _ = _near_pairs_of_representatives(texts, threshold)
+    sk, confirmed, _ = _near_pairs_of_representatives(texts, threshold, engine)
     return expand_exact_pairs(sk, confirmed)
 
 
-def dedup(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> DedupResult:
+def dedup(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD, *, engine: Engine | None = None) -> DedupResult:
     """Exact then near-duplicate dedup of texts (ids are positions); see the module docstring."""
-    sk, confirmed, n_candidates = _near_pairs_of_representatives(texts, threshold)
+    sk, confirmed, n_candidates = _near_pairs_of_representatives(texts, threshold, engine)
     return cluster(sk, confirmed, n_candidates)

@@ -28,7 +28,7 @@ _NUMPY_BLOCK_ROWS = 256
 
 
 def default_engine() -> Engine:
-    """"rensa" when the package is importable (about 10x faster), else "numpy"."""
+    """"rensa" when the package is importable (its MinHash step is ~3x faster), else "numpy"."""
     try:
         import rensa  # noqa: F401
     except ImportError:
@@ -46,8 +46,8 @@ def _mix64(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def _code_points(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Code points of all texts, each followed by n sentinels, as uint64; and each text's start offset.
+def _code_points(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Code points of all texts, each followed by n sentinels, as uint64; each text's start and length.
 
     Memory: 8 bytes per character plus 8 * n per text (about 3 MB per 1,000 texts of 360 chars).
     """
@@ -58,7 +58,7 @@ def _code_points(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     np.cumsum(lengths[:-1] + n, out=starts[1:])
     # Overwrite the separators by position, so a "\x00" inside a text stays a character.
     cp[(starts + lengths)[:, None] + np.arange(n)] = _SENTINEL
-    return cp, starts
+    return cp, starts, lengths
 
 
 def shingle_hashes(texts: Sequence[str], n: int = SHINGLE_CHARS) -> tuple[np.ndarray, np.ndarray]:
@@ -73,14 +73,13 @@ def shingle_hashes(texts: Sequence[str], n: int = SHINGLE_CHARS) -> tuple[np.nda
     """
     if not texts:
         return np.zeros(0, dtype=np.uint64), np.zeros(1, dtype=np.int64)
-    cp, starts = _code_points(texts, n)
+    cp, starts, lengths = _code_points(texts, n)
     n_win = cp.size - n + 1
     h = cp[:n_win].copy()
     for k in range(1, n):  # rolling polynomial over the n code points of each window
         h *= _POLY
         h += cp[k : k + n_win]
     _mix64(h)
-    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     counts = np.maximum(lengths - n + 1, 1)
     # Valid window starts are starts[i] .. starts[i] + counts[i] - 1: mark them with a +1/-1 sweep.
     # Both index sets are duplicate-free (a text's end is before the next text's start), so plain
@@ -194,7 +193,8 @@ def lsh_layout(threshold: float, num_perm: int = 128, min_recall: float = 0.999)
         bands = num_perm // rows
         if candidate_probability(threshold, bands, rows) < min_recall:
             continue
-        fp_mass = float(np.trapezoid(candidate_probability(grid, bands, rows), grid))
+        p = candidate_probability(grid, bands, rows)
+        fp_mass = float(((p[1:] + p[:-1]) / 2 * np.diff(grid)).sum())  # trapezoid rule
         if best is None or fp_mass < best[0]:
             best = (fp_mass, bands, rows)
     if best is None:
