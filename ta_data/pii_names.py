@@ -2,7 +2,7 @@
 
 A name is only flagged where the text says a person is meant: a cue on one side (王小明*同学*,
 *请*李华回答, *Prof.* John Smith, John Smith *asked*) and a boundary or cue on the other. A surname
-list alone would flag 高斯, 张量 and 方法; jieba's `nr` tag does too (see bench/pii_results.md), so
+list alone would flag 高斯, 张量 and 方法; jieba's `nr` tag does too (see bench/RESULTS.md, "Names: rules vs jieba"), so
 the detector is rule-based and jieba is not a dependency. Course terms (resources/course_terms.txt)
 and everyday surname-initial words (resources/zh_common_words.txt) veto any candidate that
 overlaps them, which keeps 牛顿第二定律, 高斯分布 and 高中同学 intact.
