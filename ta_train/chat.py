@@ -76,13 +76,19 @@ def validate_messages(messages: Sequence[dict[str, str]], *, require_answer: boo
 
 
 def normalize_messages(
-    tokenizer: Any, messages: Sequence[dict[str, str]], system: str | None = None, *, require_answer: bool = True
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    system: str | None = None,
+    *,
+    require_answer: bool = True,
+    fold: bool = True,
 ) -> list[dict[str, str]]:
     """Strip role-boundary whitespace, add `system` when none is given, fold it when unsupported.
 
     Content is stripped because templates add their own newline after role headers: a leading or
     trailing newline in the data would double it. Content that contains a special token (e.g. a
-    literal "<|im_end|>") is refused: it would inject control tokens.
+    literal "<|im_end|>") is refused: it would inject control tokens. fold=False leaves a system
+    message the template cannot render in place (encoding folds it after truncation).
     """
     msgs = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
     if system and system.strip() and msgs[0]["role"] != "system":
@@ -92,20 +98,30 @@ def normalize_messages(
         for token in special_token_strings(tokenizer):
             if token in m["content"]:
                 raise EncodingRejected(f"message {i} ({m['role']}) contains the special token {token!r}")
-    if msgs[0]["role"] == "system" and not supports_system(tokenizer):
-        warn_once(
-            template_key(tokenizer),
-            "the chat template renders no system prompt: folding it into the first user turn",
-        )
-        sys_text, rest = msgs[0]["content"], msgs[1:]
-        first_user = next(i for i, m in enumerate(rest) if m["role"] == "user")
-        rest[first_user] = {"role": "user", "content": f"{sys_text}\n\n{rest[first_user]['content']}"}
-        msgs = rest
-    return msgs
+    return fold_system(tokenizer, msgs) if fold else msgs
+
+
+def fold_system(tokenizer: Any, msgs: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Move a system message into the first user turn when the template cannot render it."""
+    if not msgs or msgs[0]["role"] != "system" or supports_system(tokenizer):
+        return msgs
+    warn_once(template_key(tokenizer), "the chat template renders no system prompt: folding it into the first user turn")
+    sys_text, rest = msgs[0]["content"], [dict(m) for m in msgs[1:]]
+    first_user = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+    if first_user is None:
+        raise EncodingRejected("the template has no system role and there is no user turn to fold the system prompt into")
+    rest[first_user]["content"] = f"{sys_text}\n\n{rest[first_user]['content']}"
+    return rest
 
 
 def render_text(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The chat template's text; a template that refuses the conversation rejects the example."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as err:
+        raise EncodingRejected(f"chat template refused the conversation: {err}") from err
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
@@ -123,18 +139,36 @@ def left_padded_prompts(tokenizer: Any, conversations: Sequence[Sequence[dict[st
 
 
 def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """ids (exactly what apply_chat_template(tokenize=True) gives) and character offsets.
-
-    BOS is added once when the model expects it and the template did not render it, and never twice.
-    """
+    """ids (exactly what apply_chat_template(tokenize=True) gives) and character offsets."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    return _fix_bos(tokenizer, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]], (0, 0))
+
+
+def _fix_bos(tokenizer: Any, ids: list[int], marks: list, bos_mark: Any) -> tuple[list[int], list]:
+    """BOS once when the model expects it and the template did not render it; never twice."""
     bos = tokenizer.bos_token_id
     if wants_bos(tokenizer) and (not ids or ids[0] != bos):
-        ids, offsets = [bos, *ids], [(0, 0), *offsets]
+        ids, marks = [bos, *ids], [bos_mark, *marks]
     while len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-        ids, offsets = ids[1:], offsets[1:]
-    return ids, offsets
+        ids, marks = ids[1:], marks[1:]
+    return ids, marks
+
+
+def _tokenize_pieces(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    """Slow tokenizers have no offsets: tokenize the text piece by piece at the span boundaries.
+
+    Returns ids and, per token, whether it lies in a span. Boundaries fall on special tokens or
+    whitespace in every supported template, so the pieces tokenize as the whole text would.
+    """
+    cuts = sorted({0, len(text), *(x for span in spans for x in span)})
+    ids: list[int] = []
+    inside: list[bool] = []
+    for a, b in zip(cuts, cuts[1:]):
+        piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+        in_span = any(s <= a and b <= e for s, e in spans)
+        ids += piece
+        inside += [in_span] * len(piece)
+    return _fix_bos(tokenizer, ids, inside, False)
 
 
 def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]], text: str, train_on: str) -> list[tuple[int, int]]:
@@ -159,21 +193,22 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, str]], text: st
         eot_at = text.find(eot, end_content)
         if eot_at < 0 or text[end_content:eot_at].strip():
             raise EncodingRejected(f"assistant turn {i} is not closed by the end-of-turn token {eot!r}")
-        spans.append((start, eot_at + len(eot)))
+        # The space a template puts before the answer (Llama-2: "[/INST] answer") is the first
+        # thing the model generates: it belongs to the answer (SentencePiece may emit it alone).
+        spans.append((max(begin, len(text[:start].rstrip(" "))), eot_at + len(eot)))
     return spans
 
 
 def _encode(tokenizer: Any, messages: Sequence[dict[str, str]], train_on: str) -> dict[str, list[int]]:
-    text = render_text(tokenizer, messages)
-    ids, offsets = _tokenize(tokenizer, text)
-    if train_on == "all":
-        labels = list(ids)
+    msgs = fold_system(tokenizer, list(messages))
+    text = render_text(tokenizer, msgs)
+    spans = [] if train_on == "all" else assistant_spans(tokenizer, msgs, text, train_on)
+    if getattr(tokenizer, "is_fast", True):
+        ids, offsets = _tokenize(tokenizer, text)
+        inside = [e > s and any(s < span_end and e > span_start for span_start, span_end in spans) for s, e in offsets]
     else:
-        labels = [IGNORE_INDEX] * len(ids)
-        spans = assistant_spans(tokenizer, messages, text, train_on)
-        for t, (s, e) in enumerate(offsets):
-            if e > s and any(s < span_end and e > span_start for span_start, span_end in spans):
-                labels[t] = ids[t]
+        ids, inside = _tokenize_pieces(tokenizer, text, spans)
+    labels = list(ids) if train_on == "all" else [x if keep else IGNORE_INDEX for x, keep in zip(ids, inside)]
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
 
@@ -210,7 +245,7 @@ def encode_with_info(
     user turn, then (a huge system prompt or answer) the left of the token sequence: the latest
     answer and its end-of-turn token always survive when anything does.
     """
-    msgs = normalize_messages(tokenizer, messages, system)
+    msgs = normalize_messages(tokenizer, messages, system, fold=False)  # folded after truncation
     info = {"dropped_turns": 0, "trimmed_chars": 0, "cut_tokens": 0}
     head = 1 if msgs[0]["role"] == "system" else 0
     enc = _encode(tokenizer, msgs, train_on)
@@ -253,13 +288,14 @@ def _trim_last_prompt(tokenizer: Any, msgs: list[dict[str, str]], max_seq_len: i
 
 
 def _cut_left(tokenizer: Any, enc: dict[str, list[int]], max_seq_len: int) -> tuple[dict[str, list[int]], int]:
-    """Keep the last tokens (BOS stays first when the model expects it)."""
-    keep_bos = wants_bos(tokenizer) and enc["input_ids"][:1] == [tokenizer.bos_token_id]
+    """Keep the last tokens; a leading BOS stays first."""
+    bos = tokenizer.bos_token_id
+    keep_bos = bos is not None and enc["input_ids"][:1] == [bos]
     room = max_seq_len - int(keep_bos)
-    cut = len(enc["input_ids"]) - room
+    cut = len(enc["input_ids"]) - int(keep_bos) - room
     ids, labels = enc["input_ids"][-room:], enc["labels"][-room:]
     if keep_bos:
-        ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
+        ids, labels = [bos, *ids], [IGNORE_INDEX, *labels]
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}, cut
 
 

@@ -14,6 +14,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
+    """Typed-object check for string choices (runs when the config is converted, before any load)."""
+    if value not in choices and value != MISSING:
+        raise ValueError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+
+
 class ChatFamily(Enum):
     """How a model family lays out a conversation (the chat-encoding issue covers each in depth)."""
 
@@ -89,6 +95,9 @@ class SourceConfig:
     format: str = "auto"  # auto | alpaca | sharegpt
     weight: float = 1.0  # times each record is seen per epoch: 0.5 = a random half, 2.0 = twice
 
+    def __post_init__(self) -> None:
+        _check_choice("data.sources[].format", self.format, ("auto", "alpaca", "sharegpt"))
+
 
 @dataclass
 class DataConfig:
@@ -110,16 +119,19 @@ class PeftConfig:
     dropout: float = 0.05
     target_modules: Optional[list[str]] = None  # None: the model config's lora_target_modules
     lr: float = MISSING  # recommended peak LR for this method; optim.lr defaults to it
-    load_in_4bit: bool = False
-    quant_type: str = "nf4"
-    double_quant: bool = False
-    compute_dtype: str = "bfloat16"
+    quant_type: str = "nf4"  # qlora only
+    double_quant: bool = False  # qlora only: quantize the quantization constants too
+    compute_dtype: str = "auto"  # qlora only: auto follows the precision group (bf16, fp16 on T4)
 
 
 @dataclass
 class PrecisionConfig:
     name: str = MISSING  # Lightning precision: bf16-mixed | 16-mixed | 32-true
     frozen_dtype: str = MISSING  # dtype of frozen base weights under LoRA: bfloat16 | float16 | float32
+
+    def __post_init__(self) -> None:
+        _check_choice("precision.name", self.name, ("bf16-mixed", "16-mixed", "32-true"))
+        _check_choice("precision.frozen_dtype", self.frozen_dtype, ("bfloat16", "float16", "float32"))
 
 
 @dataclass
@@ -129,6 +141,9 @@ class StrategyConfig:
     offload_optimizer: bool = False  # optimizer states to CPU RAM
     offload_parameters: bool = False  # parameters to CPU RAM (ZeRO-3 only)
     fsdp_sharding: str = "FULL_SHARD"
+
+    def __post_init__(self) -> None:
+        _check_choice("strategy.name", self.name, ("auto", "ddp", "fsdp", "deepspeed"))
 
 
 @dataclass
@@ -143,6 +158,9 @@ class LoggerConfig:
     name: str = MISSING  # csv | tensorboard | wandb
     project: str = "teaching-assistant"
     mode: str = "offline"  # wandb: offline unless WANDB_MODE says otherwise
+
+    def __post_init__(self) -> None:
+        _check_choice("logger.name", self.name, ("csv", "tensorboard", "wandb"))
 
 
 @dataclass

@@ -128,8 +128,8 @@ def encode_all(
 class WindowedLoader:
     """Shuffled, rank-sharded micro-batches; each carries its accumulation window's token count.
 
-    Every rank gets the same number of micro-batches. `skip_to(epoch, done)` resumes exactly where
-    a checkpoint left off (the datamodule reads `done` from the trainer's restored progress).
+    Every rank gets the same number of micro-batches. Each batch carries its (epoch, index); the
+    module checkpoints the position after the last trained batch and `skip_to` resumes there.
     """
 
     GROUP = 16  # micro-batches per length-sorted group
@@ -189,12 +189,13 @@ class WindowedLoader:
         import torch
 
         # Advance the epoch when iteration starts: Lightning stops at len() without exhausting us.
-        plan, start = self.epoch_plan(self.epoch), self._start
+        epoch, plan, start = self.epoch, self.epoch_plan(self.epoch), self._start
         self.epoch, self._start = self.epoch + 1, 0
         collate = pad_packed if "position_ids" in self.examples[0] else pad_right
-        for idx, window_tokens in plan[start:]:
+        for i, (idx, window_tokens) in enumerate(plan[start:], start=start):
             batch = {k: torch.tensor(v) for k, v in collate([self.examples[j] for j in idx], self.pad_id).items()}
             batch["window_tokens"] = torch.tensor(window_tokens)
+            batch["position"] = torch.tensor([epoch, i])  # (epoch, micro-batch index): for resuming
             yield batch
 
 

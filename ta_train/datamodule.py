@@ -25,6 +25,14 @@ from ta_train.data import (
 log = logging.getLogger(__name__)
 
 
+def resume_position(epoch: int, done: int, n_batches: int) -> tuple[int, int]:
+    """(epoch, micro-batches to skip) to continue after `done` micro-batches of `epoch`.
+
+    A checkpoint written on an epoch's last micro-batch resumes at the start of the next epoch.
+    """
+    return (epoch + 1, 0) if done >= n_batches else (epoch, done)
+
+
 class SFTDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -103,12 +111,9 @@ class SFTDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
-        if trainer is not None:
-            # Resuming mid-epoch: continue after the last micro-batch the checkpoint had trained on.
-            # `processed`, not `completed`: checkpoints are written in on_train_batch_end, before
-            # Lightning counts the batch as completed.
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            loader.skip_to(trainer.current_epoch, done)
+        position = getattr(trainer.lightning_module, "resume_data_position", None) if trainer else None
+        if position is not None:  # resuming: continue after the last micro-batch the checkpoint trained
+            loader.skip_to(*resume_position(position[0], position[1], len(loader)))
         return loader
 
     def val_dataloader(self) -> FixedBatches:

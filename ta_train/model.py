@@ -91,6 +91,13 @@ def random_llama(cfg: ModelConfig, dtype: Any, attn: str) -> Any:
     return model.to(dtype)
 
 
+def qlora_compute_dtype(setting: str, precision: str) -> str:
+    """`auto` follows the precision group: bf16-mixed -> bfloat16, 16-mixed -> float16, else float32."""
+    if setting != "auto":
+        return setting
+    return {"bf16-mixed": "bfloat16", "16-mixed": "float16"}.get(precision, "float32")
+
+
 def quantization_config(cfg: TrainConfig) -> Any:
     """bitsandbytes 4-bit config for QLoRA (nf4, double quant, compute dtype from the peft group)."""
     import torch
@@ -103,7 +110,7 @@ def quantization_config(cfg: TrainConfig) -> Any:
         load_in_4bit=True,
         bnb_4bit_quant_type=p.quant_type,
         bnb_4bit_use_double_quant=p.double_quant,
-        bnb_4bit_compute_dtype=torch_dtype(p.compute_dtype),
+        bnb_4bit_compute_dtype=torch_dtype(qlora_compute_dtype(p.compute_dtype, cfg.precision.name)),
     )
 
 

@@ -30,6 +30,8 @@ class CausalLMModule(L.LightningModule):
         self.strict_loading = cfg.peft.method == PeftMethod.none
         self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, tokens, correct, counted
         self._val_sums = torch.zeros(4, dtype=torch.float64)
+        self._data_position: tuple[int, int] | None = None  # (epoch, next micro-batch) to resume at
+        self.resume_data_position: tuple[int, int] | None = None
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -45,6 +47,9 @@ class CausalLMModule(L.LightningModule):
         ).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if "position" in batch:  # after this batch, training resumes at (epoch, index + 1)
+            epoch, index = (int(x) for x in batch["position"])
+            self._data_position = (epoch, index + 1)
         logits = self(batch)
         loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], self.cfg.objective.label_smoothing)
         window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
@@ -97,16 +102,33 @@ class CausalLMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.cfg.peft.method != PeftMethod.none:
-            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            trainable = self._trainable_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["data_position"] = self._data_position
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python": random.getstate(),
         }
 
+    def _trainable_keys(self) -> set[str]:
+        """State-dict keys of the trainable weights (wrapper prefixes such as FSDP's removed)."""
+        wrappers = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+        keys = set()
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                for w in wrappers:
+                    name = name.replace(w, "")
+                keys.add(f"model.{name}")
+        return keys
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore RNG streams so dropout on the next step matches an uninterrupted run."""
+        if self.cfg.peft.method != PeftMethod.none and self.model is not None:
+            missing = self._trainable_keys() - set(checkpoint["state_dict"])
+            if missing:
+                raise KeyError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {sorted(missing)[:3]}")
+        self.resume_data_position = checkpoint.get("data_position")
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -30,8 +30,11 @@ def warmup_cosine_factor(step: int, warmup: int, total: int, min_ratio: float = 
 
 
 def is_no_decay(name: str, param: "torch.Tensor") -> bool:
-    """Biases, norm weights (1-D) and embeddings are not weight-decayed."""
-    return param.ndim < 2 or name.endswith(".bias") or "embed" in name or "norm" in name
+    """Biases, norm weights and embeddings are not weight-decayed.
+
+    Decided by name, not by shape: under FSDP the optimizer sees flat 1-D shards of every weight.
+    """
+    return name.endswith(".bias") or "embed" in name or "norm" in name
 
 
 def param_groups(named_params: Iterable[tuple[str, "torch.Tensor"]], weight_decay: float) -> list[dict]:

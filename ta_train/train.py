@@ -21,7 +21,7 @@ def resolve_ckpt_path(ckpt_path: str | None, ckpt_dir: Path) -> str | None:
     if ckpt_path is None:
         return None
     path = ckpt_dir / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path).expanduser()
-    if not path.is_file():
+    if not path.exists():  # DeepSpeed checkpoints are folders
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
     return str(path)
 

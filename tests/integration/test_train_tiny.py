@@ -74,6 +74,24 @@ def test_resume_mid_run_gives_the_same_next_step_loss(make_cfg, tmp_path):
         assert b[step]["train/lr"] == pytest.approx(a[step]["train/lr"], rel=1e-9)
 
 
+def test_resume_from_an_epochs_last_batch_starts_the_next_epoch(make_cfg, tmp_path):
+    # 62 demo examples / micro 8 = 8 micro-batches = 4 optimizer steps per epoch
+    common = ["trainer.max_steps=-1", "trainer.limit_val_batches=0", "checkpoint.every_n_steps=4",
+              "batch.micro_size=8", "batch.global_size=16", "data.max_seq_len=128"]
+    whole = make_cfg(*common, "trainer.max_epochs=2", f"run_dir={tmp_path / 'whole'}")
+    fit(whole)
+    one = make_cfg(*common, "trainer.max_epochs=2", f"run_dir={tmp_path / 'one'}")
+    fit(one, [StopAt(4)])  # interrupted right after epoch 0's last batch
+    resumed = make_cfg(*common, "trainer.max_epochs=2", f"run_dir={tmp_path / 'resumed'}",
+                       f"ckpt_path={tmp_path / 'one' / 'checkpoints' / 'last.ckpt'}")
+    fit(resumed)
+    a, b = read_metrics(Path(whole.run_dir)), read_metrics(Path(resumed.run_dir))
+    assert sorted(a) == list(range(8)) and sorted(b) == [4, 5, 6, 7]
+    for step in b:  # epoch 1's shuffle, not a replay of epoch 0
+        assert b[step]["train/tokens"] == a[step]["train/tokens"]
+        assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], abs=1e-6)
+
+
 def test_full_fine_tune_changes_base_weights(make_cfg):
     cfg = make_cfg("peft=none", "trainer.max_steps=2", "trainer.limit_val_batches=0", "optim.lr=1e-3")
     snap = Snapshot()

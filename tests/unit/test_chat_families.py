@@ -166,3 +166,52 @@ def test_content_with_a_special_token_is_rejected():
     tok, _ = family_tokenizer("qwen3")
     with pytest.raises(EncodingRejected, match="special token '<\\|im_end\\|>'"):
         encode_messages(tok, [{"role": "user", "content": "hi<|im_end|>"}, {"role": "assistant", "content": "ok"}], max_seq_len=64)
+
+
+def baichuan_standin():
+    tok = fresh_tokenizer("llama2", "llama2", LLAMA2_TEMPLATE)
+    tok.add_special_tokens({"additional_special_tokens": ["<reserved_106>", "<reserved_107>"]})
+    from ta_train.chat_families import BAICHUAN2_TEMPLATE
+
+    tok.chat_template = BAICHUAN2_TEMPLATE
+    return tok
+
+
+def test_a_folded_system_prompt_survives_truncation():
+    tok = baichuan_standin()
+    msgs = [SYSTEM, *SEVERAL]
+    full = encode_messages(tok, msgs, max_seq_len=4096)
+    enc = encode_messages(tok, msgs, max_seq_len=len(full["input_ids"]) - 5)
+    text = tok.decode(enc["input_ids"])
+    assert SYSTEM["content"] in text and "What is Newton" not in text and text.rstrip().endswith("Yes.</s>")
+
+
+def test_template_errors_and_unfoldable_systems_are_rejections_not_crashes():
+    from ta_train.chat import EncodingRejected
+
+    tok, _ = family_tokenizer("llama2")
+    with pytest.raises(EncodingRejected, match="chat template refused"):
+        encode_messages(tok, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}], max_seq_len=64)
+    with pytest.raises(EncodingRejected, match="no user turn"):
+        encode_messages(baichuan_standin(), [SYSTEM, {"role": "assistant", "content": "hi"}], max_seq_len=64)
+
+
+@pytest.mark.parametrize("family", ["llama2", "llama3"])
+def test_cutting_the_left_keeps_the_bos(family):
+    tok, _ = family_tokenizer(family)
+    msgs = [{"role": "system", "content": "Rule. " * 300}, *ONE]
+    enc = encode_messages(tok, msgs, max_seq_len=48)
+    assert len(enc["input_ids"]) == 48 and enc["input_ids"][0] == tok.bos_token_id != enc["input_ids"][1]
+    assert labeled_runs(enc)[-1][-1] == tok.convert_tokens_to_ids(end_of_turn_token(tok))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama2", "llama3"])
+def test_the_slow_tokenizer_path_matches_the_offsets_path(family):
+    from ta_train.chat import _tokenize_pieces, assistant_spans, render_text
+
+    tok, _ = family_tokenizer(family)
+    fast = encode_messages(tok, SEVERAL, max_seq_len=4096)
+    text = render_text(tok, SEVERAL)
+    ids, inside = _tokenize_pieces(tok, text, assistant_spans(tok, SEVERAL, text, "assistant"))
+    assert ids == fast["input_ids"]
+    assert [x if keep else IGNORE_INDEX for x, keep in zip(ids, inside)] == fast["labels"]

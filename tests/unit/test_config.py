@@ -91,7 +91,21 @@ def test_seed_defaults():
     assert cfg.objective.label_smoothing == 0.05 and cfg.optim.warmup_ratio == 0.03
     assert cfg.trainer.gradient_clip_val == 1.0
     q = typed(["peft=qlora"]).peft
-    assert (q.load_in_4bit, q.quant_type, q.double_quant, q.compute_dtype) == (True, "nf4", True, "bfloat16")
+    assert (q.quant_type, q.double_quant, q.compute_dtype) == ("nf4", True, "auto")
+    from ta_train.model import qlora_compute_dtype
+
+    assert qlora_compute_dtype("auto", typed(["+hw=a100"]).precision.name) == "bfloat16"
+    assert qlora_compute_dtype("auto", typed(["+hw=t4"]).precision.name) == "float16"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("precision.name=bf17-mixed", "precision.name='bf17-mixed': expected one of"),
+    ("strategy.name=horovod", "strategy.name='horovod'"),
+    ("logger.name=mlflow", "logger.name='mlflow'"),
+])
+def test_string_choices_fail_before_anything_loads(override, message):
+    with pytest.raises(Exception, match=message):
+        typed([override])
 
 
 def test_non_divisible_batch_is_an_error():

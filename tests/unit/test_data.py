@@ -96,3 +96,11 @@ def test_a_new_iteration_reshuffles_even_if_the_last_one_stopped_early():
     head = [next(first)["input_ids"].tolist() for _ in range(len(loader))]  # stop at len(), like Lightning
     second = [b["input_ids"].tolist() for b in loader]
     assert head != second and loader.epoch == 2
+
+
+def test_resume_position_after_an_epochs_last_batch_starts_the_next_epoch():
+    from ta_train.datamodule import resume_position
+
+    assert resume_position(0, 3, 8) == (0, 3)
+    assert resume_position(0, 8, 8) == (1, 0)
+    assert resume_position(2, 0, 8) == (2, 0)
