@@ -236,6 +236,15 @@ class DemoConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The memory plan (ta_train.plan): pins and whether it may change settings."""
+
+    micro_batch: Optional[int] = None  # pin the micro-batch (else batch.micro_size, halved if needed)
+    gradient_checkpointing: Optional[bool] = None  # pin checkpointing (else switched on if needed)
+    strict: bool = False  # refuse a plan that does not fit instead of changing settings
+
+
+@dataclass
 class InspectConfig:
     """`python -m ta_train.inspect`: how many examples to print, and whether to color them."""
 
@@ -259,6 +268,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    plan_only: bool = False  # print the plan (and write nothing else) instead of training
     gradient_checkpointing: bool = False
     seed: int = 42
     run_dir: str = MISSING  # Hydra's output dir for the run

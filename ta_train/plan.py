@@ -239,3 +239,56 @@ def _to_plan(cfg: TrainConfig, s: Setup, est: Estimate, budget: Optional[float],
         params={"total": cfg.model.arch.n_params, "trainable": trainable_params(cfg.model.arch, s)},
         changes=changes,
     )
+
+
+class PlanRefused(RuntimeError):
+    """The run cannot fit the hardware profile (the message carries the numbers)."""
+
+
+def plan_for(cfg: TrainConfig) -> Plan:
+    """make_plan with the `plan.*` settings of the config."""
+    return make_plan(
+        cfg, strict=cfg.plan.strict, pin_micro_batch=cfg.plan.micro_batch, pin_checkpointing=cfg.plan.gradient_checkpointing
+    )
+
+
+def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
+    """The config the plan runs with; refuses (PlanRefused) when the plan does not fit."""
+    if not plan.fits:
+        raise PlanRefused(
+            f"{cfg.model.name} does not fit {plan.device_gib:g} GiB per device ({cfg.hw.name if cfg.hw else 'no hw'}): "
+            f"predicted {plan.peak_gib:.1f} GiB = " + ", ".join(f"{k} {v:.1f}" for k, v in plan.breakdown.items())
+            + (f"; after: {'; '.join(plan.changes)}" if plan.changes else " (plan.strict=true: nothing changed)")
+        )
+    st = plan.strategy
+    strategy = replace(
+        cfg.strategy,
+        name=st["name"],
+        zero_stage=st.get("zero_stage") or 0,
+        offload_optimizer=bool(st.get("offload_optimizer")),
+        offload_parameters=bool(st.get("offload_parameters")),
+    )
+    peft = replace(cfg.peft, method=PeftMethod(plan.peft["method"]), r=plan.peft.get("r", cfg.peft.r))
+    if peft.method == PeftMethod.qlora and cfg.peft.method != PeftMethod.qlora:
+        peft = replace(peft, double_quant=True)
+    return replace(
+        cfg,
+        batch=replace(cfg.batch, micro_size=plan.micro_batch),
+        gradient_checkpointing=plan.gradient_checkpointing,
+        strategy=strategy,
+        peft=peft,
+    )
+
+
+def format_plan(plan: Plan) -> str:
+    """A few readable lines: peak, breakdown, batch, and what changed."""
+    device = f"of {plan.device_gib:g} GiB" if plan.device_gib else "(no hw profile: nothing to fit)"
+    lines = [
+        f"plan: {'fits' if plan.fits else 'DOES NOT FIT'}, peak {plan.peak_gib:.2f} GiB per device {device}",
+        "  " + ", ".join(f"{k} {v:.2f}" for k, v in plan.breakdown.items()) + f"; CPU offload {plan.cpu_offload_gib:.1f} GiB",
+        f"  {plan.precision}, strategy {plan.strategy}, peft {plan.peft}, micro-batch {plan.micro_batch} x "
+        f"accumulation {plan.accumulation} x {plan.devices} device(s), checkpointing {plan.gradient_checkpointing}, "
+        f"attention {plan.attn_implementation}, {plan.seq_len} tokens",
+    ]
+    lines += [f"  change: {c}" for c in plan.changes]
+    return "\n".join(lines)

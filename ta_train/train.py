@@ -108,6 +108,11 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> tuple[Any
     from ta_train.model import load_tokenizer
     from ta_train.module import CausalLMModule
 
+    if cfg.data.packing and cfg.model.trust_remote_code:
+        raise ValueError(
+            "data.packing=true needs transformers' own model code (it isolates packed examples by "
+            "position_ids); remote-code models would attend across examples"
+        )
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -151,8 +156,18 @@ def run(cfg: TrainConfig) -> float | None:
     """The main job: train, save checkpoint + HF adapter/model, answer the demo question, summarize."""
     from ta_train.model import count_parameters
 
+    from ta_train.plan import apply_plan, format_plan, plan_for
+
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
     run_dir = Path(cfg.run_dir)
+    plan = plan_for(cfg)
+    print(format_plan(plan))
+    if cfg.plan_only:
+        print(plan.to_json())
+        return None
+    cfg = apply_plan(cfg, plan)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plan.json").write_text(plan.to_json() + "\n", encoding="utf-8")
     trainer, module, tokenizer = fit(cfg)
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 

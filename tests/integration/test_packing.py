@@ -84,3 +84,8 @@ def test_a_packed_run_trains(make_cfg):
     dm = trainer.datamodule
     assert dm.stats["train_rows"] < dm.stats["train_examples"]
     assert trainer.global_step == 3 and trainer.callback_metrics["val/loss"] > 0
+
+
+def test_packing_refuses_remote_code_models(make_cfg):
+    with pytest.raises(ValueError, match="remote-code models would attend across examples"):
+        fit(make_cfg("data.packing=true", "model.trust_remote_code=true"))

@@ -110,7 +110,7 @@ def test_cli_runs_and_fills_the_run_directory(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rel in [".hydra/config.yaml", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "adapter/adapter_config.json",
                 "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json", "adapter/chat_template.jinja",
-                "metrics.csv", "summary.json", "data/sft.jsonl", "data/rejects.jsonl"]:
+                "metrics.csv", "summary.json", "data/sft.jsonl", "data/rejects.jsonl", "plan.json"]:
         assert (run_dir / rel).exists(), rel
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 5 and "demo_answer" in summary

@@ -238,3 +238,30 @@ def test_every_model_and_hw_pair_plans(hw: str):
 def test_plan_imports_no_torch():
     code = "import sys, ta_train.plan; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_apply_plan_runs_what_the_plan_says():
+    from ta_train.plan import PlanRefused, apply_plan, plan_for
+
+    cfg = cfg_for("+hw=t4", "model=qwen7b", "data.max_seq_len=2048")
+    plan = plan_for(cfg)
+    assert plan.fits and plan.changes
+    planned = apply_plan(cfg, plan)
+    assert planned.peft.method.value == plan.peft["method"] and planned.peft.r == plan.peft["r"]
+    assert planned.batch.micro_size == plan.micro_batch and planned.gradient_checkpointing == plan.gradient_checkpointing
+    strict = cfg_for("+hw=t4", "model=qwen7b", "data.max_seq_len=2048", "plan.strict=true")
+    with pytest.raises(PlanRefused, match="does not fit 15 GiB"):
+        apply_plan(strict, plan_for(strict))
+
+
+def test_plan_only_prints_the_plan_and_trains_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "ta_train", "+hw=24g", "model=qwen7b", "plan_only=true", f"hydra.run.dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "plan: fits" in proc.stdout and '"peak_gib"' in proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
