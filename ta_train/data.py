@@ -199,6 +199,20 @@ class WindowedLoader:
             yield batch
 
 
+def shard_evenly(examples: list[dict[str, list[int]]], rank: int, world_size: int) -> list[dict[str, list[int]]]:
+    """This rank's share, padded to the same count on every rank with a fully masked example.
+
+    Sharded strategies (ZeRO-3, FSDP) gather parameters in every forward: a rank with one batch
+    more than the others would wait forever. The filler has no labels, so it counts nothing.
+    """
+    share = examples[rank::world_size]
+    need = -(-len(examples) // world_size)
+    if examples and len(share) < need:
+        filler = dict(examples[0], labels=[IGNORE_INDEX] * len(examples[0]["labels"]))
+        share = share + [filler] * (need - len(share))
+    return share
+
+
 class FixedBatches:
     """Validation micro-batches in a fixed order (one iterable: Lightning reads a list as many loaders)."""
 

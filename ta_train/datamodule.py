@@ -18,6 +18,7 @@ from ta_train.data import (
     FixedBatches,
     read_source,
     resolve_source_path,
+    shard_evenly,
     split_indices,
     trained_tokens,
 )
@@ -119,4 +120,4 @@ class SFTDataModule(L.LightningDataModule):
     def val_dataloader(self) -> FixedBatches:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return FixedBatches(self.val_examples[rank::world], self.micro_size, self.pad_id)
+        return FixedBatches(shard_evenly(self.val_examples, rank, world), self.micro_size, self.pad_id)

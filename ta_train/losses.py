@@ -56,14 +56,15 @@ def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return correct.sum(), trained.sum()
 
 
-def window_scale(accumulation: int, world_size: int, window_tokens: int) -> float:
+def window_scale(accumulation: int, world_size: int, window_tokens: int, engine_divides: bool = False) -> float:
     """Factor that turns a micro-batch's loss *sum* into its share of the step's token mean.
 
     Lightning divides each micro-batch loss by `accumulation` and DDP averages gradients over
     `world_size` ranks, so multiplying the sum by accumulation * world_size / window_tokens
     (window_tokens: trained tokens in the whole optimizer step, all micro-batches, all ranks)
-    leaves exactly sum_i loss_sum_i / window_tokens after both divisions.
+    leaves exactly sum_i loss_sum_i / window_tokens after both divisions. engine_divides: the
+    strategy's engine divides by `accumulation` once more (DeepSpeed's backward, scale_wrt_gas).
     """
     if window_tokens <= 0:
         return 0.0
-    return accumulation * world_size / window_tokens
+    return accumulation * (accumulation if engine_divides else 1) * world_size / window_tokens

@@ -53,7 +53,9 @@ class CausalLMModule(L.LightningModule):
         logits = self(batch)
         loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], self.cfg.objective.label_smoothing)
         window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
-        loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens)
+        # DeepSpeed's engine divides by its accumulation steps again (Lightning already has)
+        engine_divides = self.trainer.strategy.handles_gradient_accumulation
+        loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens, engine_divides)
         with torch.no_grad():
             correct, counted = token_accuracy_counts(logits, batch["labels"])
             self._step_sums += torch.stack([loss_sum.detach().double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])

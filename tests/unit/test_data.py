@@ -104,3 +104,13 @@ def test_resume_position_after_an_epochs_last_batch_starts_the_next_epoch():
     assert resume_position(0, 3, 8) == (0, 3)
     assert resume_position(0, 8, 8) == (1, 0)
     assert resume_position(2, 0, 8) == (2, 0)
+
+
+def test_validation_shards_are_even_and_the_filler_counts_nothing():
+    from ta_train.data import shard_evenly
+
+    examples = [example(2, k + 1) for k in range(5)]
+    shards = [shard_evenly(examples, r, 2) for r in range(2)]
+    assert [len(s) for s in shards] == [3, 3]
+    assert sum(trained_tokens(e) for s in shards for e in s) == sum(trained_tokens(e) for e in examples)
+    assert shard_evenly([], 0, 2) == []

@@ -72,3 +72,5 @@ def test_window_scale_undoes_lightning_and_ddp_averaging():
     for acc, world, tokens in [(1, 1, 10), (4, 1, 37), (8, 2, 1000)]:
         assert 5.0 * window_scale(acc, world, tokens) / acc / world == pytest.approx(5.0 / tokens)
     assert window_scale(4, 1, 0) == 0.0
+    # DeepSpeed: Lightning divides by accumulation, then engine.backward divides by it again
+    assert 5.0 * window_scale(8, 2, 1000, engine_divides=True) / 8 / 8 / 2 == pytest.approx(5.0 / 1000)
