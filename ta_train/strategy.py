@@ -14,7 +14,7 @@ def build_strategy(cfg: StrategyConfig) -> Any:
     if cfg.name == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
-        return FSDPStrategy(sharding_strategy=cfg.fsdp_sharding, auto_wrap_policy=_decoder_layer_classes())
+        return FSDPStrategy(sharding_strategy=cfg.fsdp_sharding, auto_wrap_policy=_decoder_layer_policy())
     if cfg.name == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -28,12 +28,21 @@ def build_strategy(cfg: StrategyConfig) -> Any:
     raise ValueError(f"strategy.name={cfg.name!r}: expected auto, ddp, fsdp or deepspeed")
 
 
-def _decoder_layer_classes() -> set[type]:
-    """Transformer blocks FSDP wraps one unit each (the families ta ships configs for)."""
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+def is_decoder_layer(module: Any) -> bool:
+    """A transformer block, by class name: native families end in "DecoderLayer"; remote-code
+    Baichuan2 and Qwen-1 name theirs BaichuanLayer and QWenBlock."""
+    name = type(module).__name__
+    return name.endswith("DecoderLayer") or name in ("BaichuanLayer", "QWenBlock")
 
-    return {LlamaDecoderLayer, Qwen2DecoderLayer}
+
+def _decoder_layer_policy() -> Any:
+    """FSDP wraps each transformer block as one unit (the whole model as one unit would gather
+    every parameter at once)."""
+    import functools
+
+    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+    return functools.partial(lambda_auto_wrap_policy, lambda_fn=is_decoder_layer)
 
 
 def build_loggers(cfg: LoggerConfig, run_dir: Path) -> list[Any]:

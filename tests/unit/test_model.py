@@ -62,6 +62,15 @@ def test_gradient_checkpointing_with_lora_keeps_gradients(make_cfg):
     assert grads and all(g is not None for g in grads)
 
 
+def test_fsdp_wraps_each_decoder_layer_of_any_family(make_cfg):
+    from ta_train.strategy import is_decoder_layer
+
+    model = build_model(make_cfg("peft=none"))
+    layers = [m for m in model.modules() if is_decoder_layer(m)]
+    assert len(layers) == 2 and type(layers[0]).__name__ == "LlamaDecoderLayer"
+    assert not is_decoder_layer(model) and not is_decoder_layer(model.model.embed_tokens)
+
+
 def test_strategies():
     assert build_strategy(StrategyConfig(name="auto")) == "auto"
     assert build_strategy(StrategyConfig(name="ddp")) == "ddp"
