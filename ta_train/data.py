@@ -14,22 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ta_data.records import Reject
 from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_with_info, from_alpaca, from_sharegpt, pad_right
 from ta_train.config import DataConfig, SourceConfig
 from ta_train.packing import pad_packed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Reject:
-    file: str
-    line: int | None
-    reason: str
-    record: Any
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, ensure_ascii=False, sort_keys=True)
 
 
 @dataclass
