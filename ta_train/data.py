@@ -150,8 +150,8 @@ class WindowedLoader:
     def skip_to(self, epoch: int, done: int) -> None:
         self.epoch, self._start = epoch, done
 
-    def epoch_plan(self, epoch: int) -> list[tuple[list[int], int]]:
-        """(example indices, window trained tokens on this rank) for every micro-batch of an epoch.
+    def epoch_plan(self, epoch: int) -> list[tuple[list[int], int, bool]]:
+        """(example indices, window trained tokens on this rank, closes its window) per micro-batch.
 
         Length-grouped: the shuffled examples are cut into groups of GROUP micro-batches, each group
         is sorted by length before being cut into micro-batches (little padding), and the order of
@@ -172,7 +172,7 @@ class WindowedLoader:
         for w in range(0, len(micro), self.accumulation):
             window = micro[w : w + self.accumulation]
             tokens = sum(trained_tokens(self.examples[j]) for batch in window for j in batch)
-            plan.extend((batch, tokens) for batch in window)
+            plan.extend((batch, tokens, k == len(window) - 1) for k, batch in enumerate(window))
         return plan
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -182,9 +182,10 @@ class WindowedLoader:
         epoch, plan, start = self.epoch, self.epoch_plan(self.epoch), self._start
         self.epoch, self._start = self.epoch + 1, 0
         collate = pad_packed if "position_ids" in self.examples[0] else pad_right
-        for i, (idx, window_tokens) in enumerate(plan[start:], start=start):
+        for i, (idx, window_tokens, window_end) in enumerate(plan[start:], start=start):
             batch = {k: torch.tensor(v) for k, v in collate([self.examples[j] for j in idx], self.pad_id).items()}
             batch["window_tokens"] = torch.tensor(window_tokens)
+            batch["window_end"] = torch.tensor(window_end)  # the optimizer steps after this one
             batch["position"] = torch.tensor([epoch, i])  # (epoch, micro-batch index): for resuming
             yield batch
 

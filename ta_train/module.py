@@ -59,28 +59,33 @@ class CausalLMModule(L.LightningModule):
         with torch.no_grad():
             correct, counted = token_accuracy_counts(logits, batch["labels"])
             self._step_sums += torch.stack([loss_sum.detach().double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])
+        if bool(batch.get("window_end", True)):
+            self._log_step()
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the finished step's token-mean loss and accuracy, its LR and pre-clip grad norm."""
+    def _log_step(self) -> None:
+        """Log the finished optimizer step's token-mean loss and accuracy, tokens and LR.
+
+        Called on the micro-batch that closes an accumulation window (every rank reaches it at the
+        same index), not from on_before_optimizer_step: under DeepSpeed Lightning calls that hook
+        on every micro-batch.
+        """
         sums = self.trainer.strategy.reduce(self._step_sums.clone().to(self.device), reduce_op="sum").cpu()
         self._step_sums.zero_()
+        metrics = {
+            "train/token_acc": sums[2] / max(sums[3], 1),
+            "train/tokens": sums[1],
+            "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.log("train/loss", sums[0] / max(sums[1], 1), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Total gradient norm before clipping (local gradients: sharded strategies need the engine's)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else torch.tensor(0.0)
-        self.log_dict(
-            {
-                "train/loss": sums[0] / max(sums[1], 1),
-                "train/token_acc": sums[2] / max(sums[3], 1),
-                "train/tokens": sums[1],
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "train/grad_norm": grad_norm,
-            },
-            on_step=True,
-            on_epoch=False,
-            prog_bar=False,
-            rank_zero_only=True,
-        )
-        self.log("loss", sums[0] / max(sums[1], 1), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums.zero_()

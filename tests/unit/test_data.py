@@ -62,6 +62,7 @@ def test_windows_carry_their_trained_token_count():
         window = batches[w : w + 3]
         counted = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
         assert all(int(b["window_tokens"]) == counted for b in window)
+        assert [bool(b["window_end"]) for b in window] == [False, False, True]
     seen = sorted(len(e) for b in batches for e in b["input_ids"].tolist())
     assert len(seen) == 11
 
@@ -69,7 +70,7 @@ def test_windows_carry_their_trained_token_count():
 def test_ranks_get_equal_disjoint_shards_and_epochs_reshuffle():
     examples = [example(2, k % 5 + 1) for k in range(21)]
     plans = [WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=1, rank=r, world_size=2).epoch_plan(0) for r in range(2)]
-    idx = [sorted(j for batch, _ in plan for j in batch) for plan in plans]
+    idx = [sorted(j for batch, _, _ in plan for j in batch) for plan in plans]
     assert len(idx[0]) == len(idx[1]) == 10 and not set(idx[0]) & set(idx[1])
     loader = WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=1)
     assert loader.epoch_plan(0) != loader.epoch_plan(1)
