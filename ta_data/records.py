@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 KINDS = ("notes", "transcript", "pdf", "text")
@@ -58,3 +59,14 @@ class Reject:
     def to_json(self) -> str:
         """One ``rejects.jsonl`` line; values JSON cannot hold (bytes, paths) become strings."""
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def json_lines(lines: Iterable[str], source: str, rejects: list[Reject]) -> Iterator[tuple[int, Any]]:
+    """(1-based line, parsed value) for every non-blank line; a line that is not JSON is a Reject."""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield number, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            rejects.append(Reject(source, number, f"invalid JSON: {exc.msg} at column {exc.colno}", raw.rstrip("\n")))

@@ -7,14 +7,14 @@ optimizer step (see ta_train.losses.window_scale).
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ta_data.records import Reject
+from ta_data.readers.course import read_lines
+from ta_data.records import Reject, json_lines
 from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_with_info, from_alpaca, from_sharegpt, pad_right
 from ta_train.config import DataConfig, SourceConfig
 from ta_train.packing import pad_packed
@@ -56,22 +56,16 @@ def record_to_messages(record: Any, fmt: str) -> list[dict[str, str]]:
 
 
 def read_source(path: Path, fmt: str) -> SourceRecords:
-    """Parse one jsonl file; malformed lines become Rejects naming file, line and reason."""
+    """Parse one jsonl file; malformed lines (or an unreadable file) become Rejects naming file,
+    line and reason."""
     out = SourceRecords(path=str(path))
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as err:
-                out.rejects.append(Reject(str(path), lineno, f"invalid JSON: {err.msg} at column {err.colno}", raw.rstrip("\n")))
-                continue
-            try:
-                out.conversations.append(record_to_messages(record, fmt))
-                out.lines.append(lineno)
-            except ValueError as err:
-                out.rejects.append(Reject(str(path), lineno, str(err), record))
+    lines = read_lines(path, out.rejects)
+    for lineno, record in json_lines(lines or [], out.path, out.rejects):
+        try:
+            out.conversations.append(record_to_messages(record, fmt))
+            out.lines.append(lineno)
+        except ValueError as err:
+            out.rejects.append(Reject(out.path, lineno, str(err), record))
     return out
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ta_data.readers.course import read_lines, source_name
-from ta_data.records import Reject
+from ta_data.records import Reject, json_lines
 
 Turn = tuple[str, object]
 """(role, content) before checking: content may be any JSON value until :func:`checked_turns`."""
@@ -99,14 +99,7 @@ def iter_items(path: str | Path, rejects: list[Reject]) -> Iterator[tuple[int | 
             for index, item in enumerate(document):
                 yield None, f"[{index}]", item
             return
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            rejects.append(Reject(source, number, f"invalid JSON: {exc.msg}", raw))
-            continue
+    for number, record in json_lines(lines, source, rejects):
         yield number, "", record
 
 

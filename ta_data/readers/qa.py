@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ta_data.readers.course import read_lines, source_name
-from ta_data.records import QAPair, Reject
+from ta_data.records import QAPair, Reject, json_lines
 
 FIELD_NAMES = (("question", "answer"), ("q", "a"), ("instruction", "output"))
 """Accepted (question, answer) field or column names, in order of preference."""
@@ -79,14 +78,7 @@ def _checked_pair(
 
 def _jsonl_pairs(lines: list[str], source: str, rejects: list[Reject]) -> Iterator[QAPair]:
     """One pair per non-blank JSON object line."""
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            rejects.append(Reject(source, number, f"invalid JSON: {exc.msg}", raw))
-            continue
+    for number, record in json_lines(lines, source, rejects):
         if not isinstance(record, dict):
             rejects.append(Reject(source, number, "not a JSON object", record))
             continue

@@ -115,3 +115,11 @@ def test_validation_shards_are_even_and_the_filler_counts_nothing():
     assert [len(s) for s in shards] == [3, 3]
     assert sum(trained_tokens(e) for s in shards for e in s) == sum(trained_tokens(e) for e in examples)
     assert shard_evenly([], 0, 2) == []
+
+
+def test_a_file_that_is_not_utf8_is_rejected_whole(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_bytes('{"instruction": "学习率", "output": "步长"}\n'.encode("gbk"))
+    parsed = read_source(path, "auto")
+    assert parsed.conversations == []
+    assert len(parsed.rejects) == 1 and parsed.rejects[0].line is None and "not UTF-8" in parsed.rejects[0].reason
