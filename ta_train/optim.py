@@ -57,6 +57,8 @@ def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: i
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
+        # Not fused=True: Lightning's mixed-precision plugins refuse gradient clipping with an
+        # optimizer that unscales internally (seen on an H200); the default foreach path is used.
     )
     warmup = warmup_steps(total_steps, cfg.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

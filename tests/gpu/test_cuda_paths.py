@@ -13,9 +13,17 @@ GPU = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=3", "t
 
 
 def test_bf16_mixed_lora_trains_on_gpu(make_cfg):
+    import lightning as L
+
+    seen = []
+
+    class Where(L.Callback):  # Lightning moves the module back to the CPU when fit ends
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(next(pl_module.model.parameters()).device.type)
+
     cfg = make_cfg(*GPU, "precision=bf16-mixed")
-    trainer, module, _ = fit(cfg)
-    assert trainer.global_step == 3 and next(module.model.parameters()).is_cuda
+    trainer, module, _ = fit(cfg, extra_callbacks=[Where()])
+    assert trainer.global_step == 3 and set(seen) == {"cuda"}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn not installed")

@@ -32,7 +32,7 @@ def test_every_group_has_the_options_the_readme_lists():
     assert options("strategy") == sorted(
         ["auto", "ddp", "fsdp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"]
     )
-    assert options("hw") == sorted(["a100", "2xa6000", "24g", "t4", "cpu"])
+    assert options("hw") == sorted(["a100", "h200", "2xa6000", "24g", "t4", "cpu"])
     assert options("logger") == ["csv", "tensorboard", "wandb"]
     assert options("objective") == ["sft"]
     readme = (REPO / "README.md").read_text(encoding="utf-8")

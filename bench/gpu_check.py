@@ -1,0 +1,336 @@
+"""CUDA paths of ta_train on one GPU: bf16 full fine-tune and LoRA, QLoRA (bitsandbytes nf4),
+FlashAttention-2 (when installed), DeepSpeed ZeRO-2, with MFU and peak memory against the plan.
+
+    bash bench/gpu_check.sh                 # all cases, a markdown table on stdout
+    python bench/gpu_check.py case full_bf16 --out /tmp/x.json   # one case (what the table runs)
+    python bench/gpu_check.py all --device cpu --shape tiny       # smoke test of the script itself
+
+Every training case goes through the real framework: Hydra compose of conf/train.yaml, the memory
+plan (ta_train.plan), and `ta_train.train.fit` (data module, CausalLMModule, Lightning Trainer). The
+model is a random-init Llama with Llama-3.2-1B's shape (16 layers, hidden 2048, 32 heads, 8 KV heads,
+MLP 8192, tied embeddings) and SmolLM2's 49,152-token tokenizer: 1.07B parameters. Data: generated
+long Alpaca records that fill every 2,048-token row (no padding), so tokens/s counts real tokens.
+
+Each case runs in its own process (a fresh CUDA context, so peak memory is the case's own) with its
+own time limit; a failing case prints its error and the others still run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+WORK = Path(os.environ.get("GPU_CHECK_DIR", "/tmp/ta-gpu-check"))
+
+SHAPES = {
+    # Llama-3.2-1B's shape with SmolLM2's vocabulary: 16 x 60.8M + 49152 x 2048 = 1.074B parameters.
+    "1b": dict(n_layers=16, hidden_size=2048, n_heads=32, n_kv_heads=8, intermediate_size=8192, vocab_size=49152),
+    # For the CPU smoke test of this script.
+    "tiny": dict(n_layers=2, hidden_size=64, n_heads=4, n_kv_heads=2, intermediate_size=128, vocab_size=49152),
+}
+SEQ = {"1b": 2048, "tiny": 128}
+WARMUP, TIMED = 3, 10
+
+# name -> overrides on top of the shape, the gpu/cpu device settings and the data
+CASES: dict[str, list[str]] = {
+    "full_bf16": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8"],
+    "lora_bf16": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8"],
+    "lora_bf16_ckpt": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "gradient_checkpointing=true"],
+    "qlora_bf16": ["peft=qlora", "precision=bf16-mixed", "batch.micro_size=8"],
+    "lora_fa2": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "model.attn_implementation=flash_attention_2"],
+    "full_zero2": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "strategy=deepspeed_zero2"],
+}
+NEEDS = {"qlora_bf16": "bitsandbytes", "lora_fa2": "flash_attn", "full_zero2": "deepspeed"}
+
+
+def n_params(shape: dict) -> int:
+    d, f, v, L = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"], shape["n_layers"]
+    kv = d // shape["n_heads"] * shape["n_kv_heads"]
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d
+    return L * per_layer + v * d + d  # tied embeddings + final norm
+
+
+def write_data(path: Path, rows: int, words: int, seed: int = 0) -> None:
+    """Alpaca records whose answers are longer than a row, so every row is a full max_seq_len."""
+    rng = random.Random(seed)
+    vocab = [f"{rng.choice('bcdfghjklmnprstvw')}{rng.choice('aeiou')}{rng.choice('nrstl')}" for _ in range(3000)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i in range(rows):
+            text = " ".join(rng.choice(vocab) for _ in range(words))
+            f.write(json.dumps({"instruction": f"Summarize lecture {i}.", "input": "", "output": text}) + "\n")
+
+
+def case_overrides(name: str, shape_name: str, device: str, data: Path) -> list[str]:
+    shape = SHAPES[shape_name]
+    arch = [f"model.arch.{k}={v}" for k, v in shape.items()]
+    steps = WARMUP + TIMED
+    micro = next(int(o.split("=")[1]) for o in CASES[name] if o.startswith("batch.micro_size="))
+    hw = ["+hw=h200"] if device == "cuda" else ["+hw=cpu", "hw.peak_tflops=0"]
+    return [
+        "model=tiny", *hw, *arch, f"model.arch.n_params={n_params(shape)}", "model.init_std=0.02",
+        "model.attn_implementation=sdpa", "model.arch.tie_embeddings=true", "model.arch.max_positions=4096",
+        f"data.sources=[{{path: {data}, format: alpaca}}]", f"data.max_seq_len={SEQ[shape_name]}",
+        "data.val_fraction=0.01", "data.system_prompt=null", "demo.question=null",
+        f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "trainer.val_check_interval=null",
+        "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=100000", "logger=csv",
+        *CASES[name],
+        # one micro-batch per optimizer step, so the timed window is whole steps; the plan may not
+        # change the settings being measured
+        f"batch.global_size={micro}", "plan.strict=true",
+        f"run_dir={WORK / 'runs' / name}",
+        *([f"cache_dir={os.environ['TA_CACHE_DIR']}"] if os.environ.get("TA_CACHE_DIR") else []),
+    ]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from ta_train.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return OmegaConf.to_object(hydra_compose("train", overrides=overrides))
+
+
+def make_timer(warmup: int):
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepTimer(L.Callback):
+        """Wall time and tokens of the optimizer steps after `warmup`, CUDA-synchronized."""
+
+        def __init__(self) -> None:
+            self.t0 = self.t1 = 0.0
+            self.tokens = self.trained = 0
+
+        def _sync(self) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            # a benchmark writes no multi-GB checkpoints
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step < warmup:
+                return
+            if trainer.global_step == warmup and not self.t0:
+                self._sync()
+                self.t0 = time.perf_counter()
+                return
+            mask = batch.get("attention_mask")
+            self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            self.trained += int((batch["labels"] != -100).sum())
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._sync()
+            self.t1 = time.perf_counter()
+
+    return StepTimer()
+
+
+def run_case(name: str, shape_name: str, device: str) -> dict:
+    import torch
+
+    from ta_train.perf import mfu, train_flops_per_token
+    from ta_train.plan import plan_for
+    from ta_train.train import fit
+
+    data = WORK / "data" / f"{shape_name}.jsonl"
+    overrides = case_overrides(name, shape_name, device, data)
+    if name.startswith("qlora"):
+        overrides += save_base(shape_name, overrides)
+    cfg = compose(overrides)
+    plan = plan_for(cfg)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timer = make_timer(WARMUP)
+    trainer, module, _ = fit(cfg, extra_callbacks=[timer])
+    seconds = timer.t1 - timer.t0
+    tok_s = timer.tokens / seconds
+    adapter = None
+    if cfg.peft.method.value != "none":
+        adapter = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    flops = train_flops_per_token(cfg.model.arch, cfg.data.max_seq_len, adapter)
+    out = {
+        "case": name, "ok": True, "steps_timed": trainer.global_step - WARMUP, "seconds": round(seconds, 3),
+        "tokens_per_s": round(tok_s), "trained_share": round(timer.trained / max(timer.tokens, 1), 3),
+        "tflops": round(tok_s * flops / 1e12, 1), "mfu": mfu(tok_s, flops, cfg.hw.peak_tflops),
+        "micro_batch": cfg.batch.micro_size, "seq": cfg.data.max_seq_len,
+        "attn": module.model.config._attn_implementation, "plan_peak_gib": plan.peak_gib,
+        "plan_breakdown": plan.breakdown, "plan_fits": plan.fits, "loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+    }
+    if device == "cuda":
+        gib = 2**30
+        out["max_allocated_gib"] = round(torch.cuda.max_memory_allocated() / gib, 2)
+        out["max_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
+        free, total = torch.cuda.mem_get_info()
+        out["device_used_gib_at_end"] = round((total - free) / gib, 2)
+    return out
+
+
+def save_base(shape_name: str, overrides: list[str]) -> list[str]:
+    """QLoRA loads its base from disk through bitsandbytes: save the random model once (bf16)."""
+    import torch
+
+    from ta_train.model import load_tokenizer, random_llama
+
+    base_dir = WORK / f"base-{shape_name}"
+    if not (base_dir / "config.json").exists():
+        cfg = compose([o for o in overrides if not o.startswith("peft=")])
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = random_llama(cfg.model, torch.bfloat16, "sdpa")
+        model.save_pretrained(base_dir)
+        load_tokenizer(cfg.model, cfg.cache_dir).save_pretrained(base_dir)
+        del model
+    return ["model.random_init=false", "model.provider=null", f"model.name_or_path={base_dir}"]
+
+
+def kernels(device: str) -> dict:
+    """Dense bf16 GEMM rate and which SDPA kernels run (FlashAttention inside PyTorch vs math)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out: dict = {"case": "kernels", "ok": True, "torch": torch.__version__}
+    if device != "cuda":
+        return out
+    out["gpu"] = torch.cuda.get_device_name()
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    out["gemm_bf16_tflops"] = round(10 * 2 * n**3 / (time.perf_counter() - t) / 1e12, 1)
+    q, k, v = (torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
+        try:
+            with sdpa_kernel([backend]):
+                for i in range(4):
+                    if i == 1:
+                        torch.cuda.synchronize()
+                        t = time.perf_counter()
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+                torch.cuda.synchronize()
+            out[f"sdpa_{backend.name.lower()}_ms"] = round((time.perf_counter() - t) / 3 * 1e3, 2)
+        except RuntimeError as exc:
+            out[f"sdpa_{backend.name.lower()}_ms"] = f"unavailable: {str(exc).splitlines()[0][:80]}"
+    import importlib.util
+
+    for pkg in ("flash_attn", "bitsandbytes", "deepspeed"):
+        spec = importlib.util.find_spec(pkg)
+        out[pkg] = "not installed" if spec is None else _version(pkg)
+    return out
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg.replace("_", "-"))
+    except PackageNotFoundError:
+        return "installed"
+
+
+def child(args: argparse.Namespace) -> int:
+    try:
+        result = kernels(args.device) if args.name == "kernels" else run_case(args.name, args.shape, args.device)
+    except Exception as exc:  # the table shows it; the other cases still run
+        traceback.print_exc()
+        result = {"case": args.name, "ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    Path(args.out).write_text(json.dumps(result, default=str))
+    return 0 if result["ok"] else 1
+
+
+def fmt(x, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| case | attn | micro x seq | tokens/s | TFLOP/s | MFU | plan peak GiB | max allocated GiB | max reserved GiB | loss | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["case"] == "kernels":
+            continue
+        if not r.get("ok"):
+            rows.append(f"| {r['case']} | | | | | | | | | | {r.get('error', r.get('skipped', ''))[:120]} |")
+            continue
+        m = r.get("mfu")
+        rows.append(
+            f"| {r['case']} | {r['attn']} | {r['micro_batch']} x {r['seq']} | {r['tokens_per_s']:,} | {fmt(r['tflops'])} "
+            f"| {fmt(m * 100 if m is not None else None)}% | {fmt(r['plan_peak_gib'], 2)} | {fmt(r.get('max_allocated_gib'), 2)} "
+            f"| {fmt(r.get('max_reserved_gib'), 2)} | {fmt(r['loss'], 3)} | {r['steps_timed']} steps timed |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["all", "case"])
+    ap.add_argument("name", nargs="?")
+    ap.add_argument("--shape", default="1b", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--timeout", type=int, default=150, help="seconds per case")
+    ap.add_argument("--cases", default=",".join(["kernels", *CASES]))
+    ap.add_argument("--json", default=None, help="also write all results here")
+    args = ap.parse_args()
+    if args.what == "case":
+        return child(args)
+    import importlib.util
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    # (warmup + timed) x micro-batch 8 = 104 rows: the epoch never ends inside the timed window
+    write_data(WORK / "data" / f"{args.shape}.jsonl", rows=120, words=1800 if args.shape == "1b" else 120)
+    results = []
+    for name in args.cases.split(","):
+        need = NEEDS.get(name)
+        if need and importlib.util.find_spec(need) is None:
+            results.append({"case": name, "ok": False, "skipped": f"{need} not installed"})
+            print(f"== {name}: skipped ({need} not installed)", flush=True)
+            continue
+        out = WORK / f"{name}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "case", name, "--shape", args.shape, "--device", args.device, "--out", str(out)]
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        try:
+            subprocess.run(cmd, timeout=args.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+        result = json.loads(out.read_text()) if out.exists() else {"case": name, "ok": False, "error": f"no result within {args.timeout} s"}
+        result["wall_s"] = round(time.perf_counter() - t, 1)
+        print(json.dumps(result, default=str), flush=True)
+        results.append(result)
+    print()
+    print(table(results))
+    kern = next((r for r in results if r["case"] == "kernels"), None)
+    if kern:
+        print()
+        print(" ".join(f"{k}={v}" for k, v in kern.items() if k not in ("case", "ok")))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
