@@ -206,17 +206,41 @@ class ScriptCounts:
         return self.cjk / known if known else 0.0
 
 
+def _is_latin_letter(c: str) -> bool:
+    """A letter that is ASCII or whose Unicode name starts with LATIN (accented and extended Latin)."""
+    return c.isalpha() and not is_cjk(c) and (c.isascii() or unicodedata.name(c, "").startswith("LATIN"))
+
+
+@functools.lru_cache(maxsize=1)
+def _latin_runs() -> re.Pattern[str]:
+    """Runs of Latin letters (every plane), the class built once from the Unicode names (~0.2 s)."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF or not _is_latin_letter(chr(cp)):
+            continue
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    body = "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+    return re.compile(f"[{body}]+")
+
+
+_CJK_RUNS = re.compile(f"[{_CJK_CLASS}]+")
+
+
 def script_counts(text: str) -> ScriptCounts:
-    """Count CJK ideographs, Latin letters (a-z, accented Latin) and other letters in ``text``."""
-    cjk = latin = other = 0
-    for c in text:
-        if is_cjk(c):
-            cjk += 1
-        elif c.isalpha():
-            if c.isascii() or unicodedata.name(c, "").startswith("LATIN"):
-                latin += 1
-            else:
-                other += 1
+    """Count CJK ideographs, Latin letters (a-z, accented Latin) and other letters in ``text``.
+
+    Counted with regex runs and ``str.isalpha`` at C speed (3x the per-character loop it replaced,
+    and equal to it on random text from every script: tests/unit/test_quality.py). CJK ideographs
+    are letters (Lo), except a few unassigned compatibility code points the CJK class spans.
+    """
+    runs = _CJK_RUNS.findall(text)
+    cjk = sum(map(len, runs))
+    cjk_letters = sum(sum(map(str.isalpha, r)) for r in runs)
+    latin = sum(map(len, _latin_runs().findall(text)))
+    other = sum(map(str.isalpha, text)) - cjk_letters - latin
     return ScriptCounts(cjk, latin, other)
 
 

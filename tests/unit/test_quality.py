@@ -156,3 +156,37 @@ def test_filter_document():
     en_only = filter_document(ZH, allowed_langs=("en",))
     assert not en_only.keep and en_only.reason == "language zh not in ['en']"
     assert not filter_document("12345 67890 11 22 33").keep  # digits only: unknown language
+
+
+def _script_counts_reference(text: str):
+    """The per-character definition script_counts must match: CJK by code point, then Latin letters
+    by ASCII or a Unicode name starting with LATIN, then any other letter."""
+    import unicodedata
+
+    from ta_data.quality import ScriptCounts, is_cjk
+
+    cjk = latin = other = 0
+    for c in text:
+        if is_cjk(c):
+            cjk += 1
+        elif c.isalpha():
+            if c.isascii() or unicodedata.name(c, "").startswith("LATIN"):
+                latin += 1
+            else:
+                other += 1
+    return ScriptCounts(cjk, latin, other)
+
+
+def test_script_counts_equal_the_per_character_definition_on_every_script():
+    import random
+
+    from ta_data.quality import script_counts
+
+    rng = random.Random(0)
+    spans = [(0, 0x2FF), (0x370, 0x1FFF), (0x3000, 0x9FFF), (0xF900, 0xFB00), (0xFF00, 0xFFEF),
+             (0x1D400, 0x1D7FF), (0x10780, 0x107BF), (0x20000, 0x2A000)]
+    for _ in range(2000):
+        chars = (chr(rng.randint(*rng.choice(spans))) for _ in range(rng.randint(0, 40)))
+        text = "".join(c for c in chars if not 0xD800 <= ord(c) <= 0xDFFF)
+        assert script_counts(text) == _script_counts_reference(text), text
+    assert script_counts("Ｃａｆé 学习率lr ℓ Ωμέγα") == _script_counts_reference("Ｃａｆé 学习率lr ℓ Ωμέγα")
