@@ -119,3 +119,26 @@ def test_data_report_counts_trained_tokens_and_all_masked_rejects():
     assert (report["len_p50"], report["len_max"]) == (2, 4)
     assert "3 trained (50.0%)" in format_report(report)
     assert percentile([1, 2, 3, 4], 95) == 4 and percentile([], 50) == 0
+
+
+def test_overfit_stopping_needs_val_stalled_and_train_falling():
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    from ta_train.guards import OverfitStopping
+
+    def evaluate(cb, val, train_losses):
+        cb._recent = list(train_losses)
+        return cb._evaluate_stopping_criteria(torch.tensor(val))
+
+    plateau = OverfitStopping(patience=2, min_delta=0.0)
+    assert evaluate(plateau, 2.0, [3.0, 2.9])[0] is False  # best
+    assert evaluate(plateau, 2.1, [2.9, 3.0])[0] is False
+    stop, reason = evaluate(plateau, 2.2, [3.0, 3.1])  # patience out, but train is not falling
+    assert not stop and "not falling" in reason and plateau.stopping_reason == EarlyStoppingReason.NOT_STOPPED
+
+    overfit = OverfitStopping(patience=2, min_delta=0.0)
+    evaluate(overfit, 2.0, [3.0, 2.9])
+    evaluate(overfit, 2.1, [2.5])
+    stop, reason = evaluate(overfit, 2.3, [2.0, 1.8])
+    assert stop and reason.startswith("overfitting: val/loss has not improved on its best 2.0000 for 2 validations")
+    assert "train loss fell from 2.9500 to 1.9000" in reason
