@@ -76,8 +76,8 @@ class Dashboard(L.Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         from ta_train.train import _plain
 
-        trainable = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in pl_module.model.parameters())
+        sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in pl_module.model.parameters()]  # ZeRO-3: full sizes
+        trainable, total = sum(n for n, t in sizes if t), sum(n for n, _ in sizes)
         params = {**_plain(self.cfg), "params": {"trainable": trainable, "total": total}}
         for logger in trainer.loggers:
             logger.log_hyperparams(params)

@@ -139,7 +139,7 @@ class GuardCallback(L.Callback):
     def _check_spike(self, trainer: Any, pl_module: Any, stats: Any) -> None:
         spike, z = self.spikes.observe(stats.loss)
         if z is not None:
-            pl_module.log("train/loss_zscore", min(z, 1e6), on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/loss_zscore", max(min(z, 1e6), -1e6), on_step=True, on_epoch=False, rank_zero_only=True)
         if not spike:
             return
         skipped = self.cfg.skip_spikes and trainer.strategy.__class__.__name__ != "DeepSpeedStrategy"

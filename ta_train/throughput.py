@@ -94,7 +94,8 @@ class PerfMonitor(L.Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if pl_module.cfg.peft.method != PeftMethod.none:  # LoRA FLOPs need the adapter size: count it
-            self.adapter_params = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
+            # ds_numel: the full size of a parameter ZeRO-3 has partitioned
+            self.adapter_params = sum(getattr(p, "ds_numel", p.numel()) for p in pl_module.model.parameters() if p.requires_grad)
         if self.measure_peak:
             self.peak = measure_peak_tflops(pl_module.device, precision_dtype(self.precision))
             for logger in trainer.loggers:
