@@ -158,6 +158,7 @@ class LoggerConfig:
     name: str = MISSING  # csv | tensorboard | wandb
     project: str = "teaching-assistant"
     mode: str = "offline"  # wandb: offline unless WANDB_MODE says otherwise
+    log_model: bool = False  # wandb: upload the saved adapter (or full model) as an artifact
 
     def __post_init__(self) -> None:
         _check_choice("logger.name", self.name, ("csv", "tensorboard", "wandb"))
@@ -171,7 +172,7 @@ class HwConfig:
     accelerator: str = MISSING  # cpu | gpu
     devices: int = 1
     memory_gib: float = MISSING  # per device
-    peak_tflops: float = 0.0  # dense bf16/fp16 (fp32 on cpu) peak per device, for MFU
+    peak_tflops: float = 0.0  # dense bf16/fp16 peak per device, for MFU; 0: unknown (no MFU)
     flash_attention: bool = False
 
 
@@ -253,6 +254,35 @@ class InspectConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Live perf/* metrics (ta_train.throughput)."""
+
+    measure_peak: bool = False  # time a matmul at start-up and report MFU against it (CPU: the only MFU)
+    gpu_util: bool = True  # perf/gpu_util from NVML when nvidia-ml-py is installed
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when val/loss has not improved for `patience` validations while train loss still falls."""
+
+    enabled: bool = True
+    patience: int = 3  # validations without a val/loss improvement
+    min_delta: float = 0.0  # smaller val/loss improvements do not count
+
+
+@dataclass
+class GuardsConfig:
+    """Checks that stop a wasted run early, with the cause named (ta_train.guards, README)."""
+
+    enabled: bool = True  # data report before step 1; stop on non-finite or exactly-0 loss / gradients
+    spike_window: int = 50  # past optimizer steps the loss spike z-score is measured against
+    spike_min_history: int = 10  # steps before spikes are judged
+    spike_zscore: float = 6.0  # robust z-score above which a step loss is a spike
+    skip_spikes: bool = False  # drop a spike step's update (gradients discarded before the optimizer)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -269,6 +299,8 @@ class TrainConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
     plan_only: bool = False  # print the plan (and write nothing else) instead of training
     gradient_checkpointing: bool = False
     seed: int = 42

@@ -181,7 +181,15 @@ class WindowedLoader:
             batch["window_tokens"] = torch.tensor(window_tokens)
             batch["window_end"] = torch.tensor(window_end)  # the optimizer steps after this one
             batch["position"] = torch.tensor([epoch, i])  # (epoch, micro-batch index): for resuming
+            batch["example_ids"] = torch.tensor(idx)  # rows of `examples`: guards name them
+            batch["token_counts"] = torch.tensor(self.token_counts(idx))  # for perf/* (see token_counts)
             yield batch
+
+    def token_counts(self, idx: Sequence[int]) -> list[int]:
+        """[sum of T, sum of T^2] over the sequences in these rows (T: a sequence's tokens, padding
+        excluded; a packed row holds several). Processed tokens, and the attention FLOPs' length term."""
+        lengths = [n for j in idx for n in self.examples[j].get("lengths", [len(self.examples[j]["input_ids"])])]
+        return [sum(lengths), sum(n * n for n in lengths)]
 
 
 def shard_evenly(examples: list[dict[str, list[int]]], rank: int, world_size: int) -> list[dict[str, list[int]]]:

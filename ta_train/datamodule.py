@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 
 from ta_train.config import DataConfig
+from ta_train.metrics import data_report
 from ta_train.packing import pack_examples
 from ta_train.data import (
     Reject,
@@ -52,6 +53,8 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples: list[dict[str, list[int]]] | None = None
         self.val_examples: list[dict[str, list[int]]] = []
         self.stats: dict[str, Any] = {}
+        self.report: dict[str, Any] = {}  # ta_train.metrics.data_report of the training split
+        self.train_origins: list[str] = []  # "file:line" of each training row (" + "-joined when packed)
 
     @property
     def pad_id(self) -> int:
@@ -76,9 +79,13 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples, enc_rejects, n_trunc = encode_all(self.tokenizer, train_items, self.cfg, self.train_on)
         self.val_examples, val_rejects, _ = encode_all(self.tokenizer, val_items, self.cfg, self.train_on)
         rejects += enc_rejects + val_rejects
+        dropped = {(r.file, r.line) for r in enc_rejects}
+        self.train_origins = [f"{file}:{line}" for file, line, _ in train_items if (file, line) not in dropped]
+        self.report = data_report(self.train_examples, [r.reason for r in rejects], self.cfg.max_seq_len)
         n_unpacked = len(self.train_examples)
         if self.cfg.packing:
             self.train_examples = pack_examples(self.train_examples, self.cfg.max_seq_len)
+            self.train_origins = [" + ".join(self.train_origins[i] for i in row["members"]) for row in self.train_examples]
         self.stats = {
             "sources": per_source,
             "train_examples": n_unpacked,
@@ -91,8 +98,14 @@ class SFTDataModule(L.LightningDataModule):
         }
         self._write(rejects)
         log.info("data: %s", json.dumps(self.stats))
-        if not self.train_examples:
-            raise ValueError(f"no trainable examples; see {self.work_dir / 'rejects.jsonl'}")
+        if not self.train_examples or not self.report["trained_tokens"]:
+            raise ValueError(
+                f"refusing to train: the data has no trained tokens ({len(self.train_examples)} examples kept; "
+                f"{self.report['rejected_all_masked']} records rejected because every label would be -100: no "
+                f"assistant answer, or none left within data.max_seq_len={self.cfg.max_seq_len}; "
+                f"{self.report['rejected_other']} rejected for other reasons). Reasons per file and line: "
+                f"{self.work_dir / 'rejects.jsonl'}"
+            )
 
     def _write(self, rejects: list[Reject]) -> None:
         (self.work_dir / "rejects.jsonl").write_text("".join(r.to_json() + "\n" for r in rejects), encoding="utf-8")

@@ -2,15 +2,33 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 
 from ta_train.config import PeftMethod, TrainConfig
-from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, window_scale
+from ta_train.losses import sum_token_cross_entropy, window_scale
+from ta_train.metrics import TokenAccuracy
 from ta_train.model import build_model
 from ta_train.optim import build_optimizer
+
+
+@dataclass
+class StepStats:
+    """The optimizer step whose accumulation window just closed: sums over all ranks, ids of this rank.
+
+    Read by the guards (ta_train.guards) and the perf monitor (ta_train.throughput).
+    """
+
+    step: int  # global_step of the update these micro-batches feed
+    loss: float  # token-mean training loss of the step (0.0 when it had no trained token)
+    trained_tokens: int
+    tokens: int  # processed tokens, padding excluded
+    tokens_sq: int  # sum of squared sequence lengths (attention FLOPs)
+    example_ids: list[int] = field(default_factory=list)  # rows of the train examples in this window
+    nonfinite_ids: list[int] = field(default_factory=list)  # rows of micro-batches whose loss was NaN/inf
 
 
 class CausalLMModule(L.LightningModule):
@@ -28,8 +46,15 @@ class CausalLMModule(L.LightningModule):
         self.vocab_size = vocab_size
         self.model: Any = None
         self.strict_loading = cfg.peft.method == PeftMethod.none
-        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, tokens, correct, counted
-        self._val_sums = torch.zeros(4, dtype=torch.float64)
+        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, trained, tokens, tokens^2
+        self._val_sums = torch.zeros(2, dtype=torch.float64)  # loss_sum, trained
+        self.train_token_acc = TokenAccuracy()  # counts over the open accumulation window
+        self.val_token_acc = TokenAccuracy()
+        self._window_ids: list[int] = []
+        self._window_bad: list[int] = []
+        self.last_step: StepStats | None = None
+        self._micro_batches = 0  # training_step calls: the grad-norm cache key
+        self._grad_norm_cache: tuple[int, torch.Tensor | None] = (-1, None)
         self._data_position: tuple[int, int] | None = None  # (epoch, next micro-batch) to resume at
         self.resume_data_position: tuple[int, int] | None = None
 
@@ -56,9 +81,16 @@ class CausalLMModule(L.LightningModule):
         # DeepSpeed's engine divides by its accumulation steps again (Lightning already has)
         engine_divides = self.trainer.strategy.handles_gradient_accumulation
         loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens, engine_divides)
+        self._micro_batches += 1
         with torch.no_grad():
-            correct, counted = token_accuracy_counts(logits, batch["labels"])
-            self._step_sums += torch.stack([loss_sum.detach().double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])
+            self.train_token_acc.update(logits, batch["labels"])
+            micro_loss = loss_sum.detach().double().cpu()
+            counts = batch["token_counts"].cpu().double() if "token_counts" in batch else torch.zeros(2, dtype=torch.float64)
+            self._step_sums += torch.stack([micro_loss, n_tokens.cpu().double(), counts[0], counts[1]])
+            ids = batch["example_ids"].tolist() if "example_ids" in batch else []
+            self._window_ids += ids
+            if not torch.isfinite(micro_loss):
+                self._window_bad += ids
         if bool(batch.get("window_end", True)):
             self._log_step()
         return loss
@@ -72,35 +104,58 @@ class CausalLMModule(L.LightningModule):
         """
         sums = self.trainer.strategy.reduce(self._step_sums.clone().to(self.device), reduce_op="sum").cpu()
         self._step_sums.zero_()
+        token_acc = self.train_token_acc.compute()  # sums the counts over ranks, then divides
+        self.train_token_acc.reset()
+        loss = sums[0] / max(sums[1], 1)
+        self.last_step = StepStats(
+            step=self.global_step, loss=float(loss), trained_tokens=int(sums[1]), tokens=int(sums[2]),
+            tokens_sq=int(sums[3]), example_ids=self._window_ids, nonfinite_ids=self._window_bad,
+        )
+        self._window_ids, self._window_bad = [], []
         metrics = {
-            "train/token_acc": sums[2] / max(sums[3], 1),
+            "train/token_acc": token_acc,
             "train/tokens": sums[1],
             "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
-        self.log("train/loss", sums[0] / max(sums[1], 1), prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def grad_norm(self) -> torch.Tensor | None:
+        """Total L2 norm of the gradients before clipping; None when no parameter has a gradient.
+
+        The one place the norm is computed (logged as train/grad_norm, read by the guards), cached
+        per micro-batch. Local gradients: under ZeRO/FSDP each rank holds a shard, so a sharded
+        strategy must return its engine's global norm here instead.
+        """
+        if self._grad_norm_cache[0] == self._micro_batches:
+            return self._grad_norm_cache[1]
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+        self._grad_norm_cache = (self._micro_batches, norm)
+        return norm
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Total gradient norm before clipping (local gradients: sharded strategies need the engine's)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        norm = self.grad_norm()
+        if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums.zero_()
+        self.val_token_acc.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
         loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], label_smoothing=0.0)
-        correct, counted = token_accuracy_counts(logits, batch["labels"])
-        self._val_sums += torch.stack([loss_sum.double().cpu(), n_tokens.cpu(), correct.cpu(), counted.cpu()])
+        self.val_token_acc.update(logits, batch["labels"])
+        self._val_sums += torch.stack([loss_sum.double().cpu(), n_tokens.cpu().double()])
 
     def on_validation_epoch_end(self) -> None:
         """val/loss is the plain (unsmoothed) token-mean cross-entropy over the whole val set."""
         sums = self.trainer.strategy.reduce(self._val_sums.clone().to(self.device), reduce_op="sum").cpu()
         if sums[1] > 0:
-            self.log_dict({"val/loss": sums[0] / sums[1], "val/token_acc": sums[2] / max(sums[3], 1)}, prog_bar=True, sync_dist=False)
+            token_acc = self.val_token_acc.compute()  # sums the counts over ranks, then divides
+            self.log_dict({"val/loss": sums[0] / sums[1], "val/token_acc": token_acc}, prog_bar=True, sync_dist=False)
+        self.val_token_acc.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)

@@ -39,10 +39,11 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 
 def pack_examples(examples: Sequence[dict[str, list[int]]], max_seq_len: int) -> list[dict[str, list[int]]]:
-    """Rows of concatenated examples with restarting position_ids (no attention_mask)."""
+    """Rows of concatenated examples with restarting position_ids (no attention_mask); `members`
+    lists the indices of the examples in each row."""
     rows = []
     for members in best_fit_decreasing([len(e["input_ids"]) for e in examples], max_seq_len):
-        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": [], "lengths": []}
+        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": [], "lengths": [], "members": list(members)}
         for i in members:
             ex = examples[i]
             n = len(ex["input_ids"])

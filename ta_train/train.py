@@ -30,7 +30,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list[Any] | 
     import lightning as L
 
     from ta_train.callbacks import AtomicCheckpointIO, EpochProgressBar, checkpoint_callbacks
+    from ta_train.guards import guard_callbacks
     from ta_train.strategy import build_loggers, build_strategy
+    from ta_train.throughput import monitor_callbacks
 
     t = cfg.trainer
     return L.Trainer(
@@ -52,6 +54,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list[Any] | 
         callbacks=[
             *([EpochProgressBar()] if t.enable_progress_bar else []),
             *checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints"),
+            *monitor_callbacks(cfg, run_dir),
+            *guard_callbacks(cfg, run_dir),
             *(extra_callbacks or []),
         ],
         logger=build_loggers(cfg.logger, run_dir),
@@ -156,6 +160,7 @@ def run(cfg: TrainConfig) -> float | None:
     """The main job: train, save checkpoint + HF adapter/model, answer the demo question, summarize."""
     from ta_train.model import count_parameters
 
+    from ta_train.guards import stop_reason
     from ta_train.plan import apply_plan, format_plan, plan_for
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
@@ -172,6 +177,10 @@ def run(cfg: TrainConfig) -> float | None:
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
     hf_dir = save_outputs(cfg, trainer, module, tokenizer)
+    if cfg.logger.log_model:
+        from ta_train.dashboard import log_model_artifact
+
+        log_model_artifact(trainer, hf_dir)
     trainable, total = count_parameters(module.model)
     out_name = hf_dir.name
     best = _best_val_loss(trainer)
@@ -186,6 +195,7 @@ def run(cfg: TrainConfig) -> float | None:
         "trainable_params": trainable,
         "total_params": total,
         "best_val_loss": best,
+        "stop_reason": stop_reason(trainer) or "finished",
     }
     if cfg.demo.question and trainer.is_global_zero:
         summary["demo_question"] = cfg.demo.question
