@@ -173,6 +173,7 @@ class HwConfig:
     memory_gib: float = MISSING  # per device
     peak_tflops: float = 0.0  # dense bf16/fp16 (fp32 on cpu) peak per device, for MFU
     flash_attention: bool = False
+    partition: Optional[str] = None  # SLURM partition that +launcher=slurm submits to
 
 
 @dataclass
