@@ -1,9 +1,10 @@
 """Hydra callback that collects each sweep job's objective into one summary per sweep.
 
-Every job of a multirun (basic launcher, Optuna, SLURM through submitit) appends one JSON line to
-`<sweep dir>/sweep_results.jsonl` when it ends, from the process that ran it. Appending one short
-line with O_APPEND is atomic on local and NFS-style shared file systems, so jobs running in parallel
-never interleave. When the sweep ends, the sweeper's process reads the lines back and writes
+Every job of a multirun (basic launcher, Optuna, SLURM through submitit) writes its own
+`<sweep dir>/sweep_results/<job number>.json` when it ends, from the process that ran it: one file
+per job, written to a temp name and renamed, so jobs finishing together on different nodes of a
+shared file system never write to the same file (appending to one file is not atomic over NFS).
+When the sweep ends, the sweeper's process reads them back and writes
 `<sweep dir>/sweep_summary.json` (jobs sorted by `val/loss`, best first) and prints a table.
 
 Only Hydra and the standard library are imported: Hydra builds this callback before `--cfg job`.
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-RESULTS = "sweep_results.jsonl"
+RESULTS = "sweep_results"  # folder, one <job number>.json per job
 SUMMARY = "sweep_summary.json"
 METRIC = "val/loss"
 
@@ -55,22 +56,29 @@ def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
     return record
 
 
+def write_result(sweep_dir: Path, record: dict[str, Any]) -> Path:
+    """`<sweep dir>/sweep_results/<job>.json`, replaced whole (a re-run job overwrites its file)."""
+    folder = sweep_dir / RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['job']}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
-    """The jobs' lines, one record per job number (a re-run job keeps its latest line)."""
-    path = sweep_dir / RESULTS
-    if not path.is_file():
-        return []
-    by_job: dict[int, dict[str, Any]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    """The jobs' records in job order; a file that is not a job record is skipped with a warning."""
+    records = []
+    for path in sorted((sweep_dir / RESULTS).glob("*.json")):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            log.warning("%s line %d: not JSON (%s), skipped", path, n, err)
+            record = json.loads(path.read_text(encoding="utf-8"))
+            record["job"] = int(record["job"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            log.warning("%s: not a sweep job record (%s), skipped", path, err)
             continue
-        by_job[int(record["job"])] = record
-    return [by_job[k] for k in sorted(by_job)]
+        records.append(record)
+    return sorted(records, key=lambda r: r["job"])
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,14 +104,7 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
             return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(job_record(config, job_return), ensure_ascii=False) + "\n"
-        fd = os.open(sweep_dir / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
+        write_result(Path(config.hydra.sweep.dir), job_record(config, job_return))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))

@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from ta_train.__main__ import check_torchrun_output_dir
-from ta_train.sweep import RESULTS, SUMMARY, SweepSummary, read_results, summarize
+from ta_train.sweep import RESULTS, SUMMARY, SweepSummary, read_results, summarize, write_result
 
 
 def job_config(tmp_path, num: int, mode: RunMode = RunMode.MULTIRUN):
@@ -26,7 +26,7 @@ def job_return(value=None, error: Exception | None = None) -> JobReturn:
     return ret
 
 
-def test_each_job_appends_a_line_and_the_summary_ranks_them(tmp_path, capsys, monkeypatch):
+def test_each_job_writes_its_record_and_the_summary_ranks_them(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)
     cb = SweepSummary()
@@ -34,8 +34,7 @@ def test_each_job_appends_a_line_and_the_summary_ranks_them(tmp_path, capsys, mo
     cb.on_job_end(job_config(tmp_path, 1), job_return(error=RuntimeError("CUDA out of memory")))
     cb.on_job_end(job_config(tmp_path, 2), job_return(1.25))
     cb.on_job_end(job_config(tmp_path, 3), job_return(float("nan")))
-    lines = (tmp_path / RESULTS).read_text().splitlines()
-    assert len(lines) == 4
+    assert sorted(p.name for p in (tmp_path / RESULTS).iterdir()) == ["0.json", "1.json", "2.json", "3.json"]
     cb.on_multirun_end(job_config(tmp_path, 0))
     summary = json.loads((tmp_path / SUMMARY).read_text())
     assert [j["job"] for j in summary["jobs"]] == [2, 0, 1, 3]  # best first, then no value in job order
@@ -55,12 +54,13 @@ def test_single_runs_and_non_zero_ranks_write_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / RESULTS).exists()
 
 
-def test_read_results_keeps_a_rerun_jobs_last_line_and_skips_broken_lines(tmp_path):
-    rows = [{"job": 0, "val/loss": 3.0}, {"job": 1, "val/loss": 2.0}, {"job": 0, "val/loss": 1.0}]
-    (tmp_path / RESULTS).write_text("\n".join(json.dumps(r) for r in rows) + "\n{truncated\n")
+def test_a_rerun_job_replaces_its_record_and_broken_files_are_skipped(tmp_path):
+    for record in [{"job": 10, "val/loss": 3.0}, {"job": 2, "val/loss": 2.0}, {"job": 10, "val/loss": 1.0}]:
+        write_result(tmp_path, record)
+    (tmp_path / RESULTS / "99.json").write_text("{truncated")
     records = read_results(tmp_path)
-    assert [(r["job"], r["val/loss"]) for r in records] == [(0, 1.0), (1, 2.0)]
-    assert summarize(records)["best"]["job"] == 0
+    assert [(r["job"], r["val/loss"]) for r in records] == [(2, 2.0), (10, 1.0)]  # numeric job order
+    assert summarize(records)["best"]["job"] == 10 and not list((tmp_path / RESULTS).glob(".*tmp"))
     assert summarize([])["best"] is None and read_results(tmp_path / "missing") == []
 
 
