@@ -174,6 +174,7 @@ class HwConfig:
     memory_gib: float = MISSING  # per device
     peak_tflops: float = 0.0  # dense bf16/fp16 peak per device, for MFU; 0: unknown (no MFU)
     flash_attention: bool = False
+    partition: Optional[str] = None  # SLURM partition that +launcher=slurm submits to
 
 
 @dataclass

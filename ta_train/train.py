@@ -1,7 +1,7 @@
 """`run(cfg)`: data, module, callbacks, loggers, trainer, fit; then save the HF adapter and answer.
 
-Builds the objects in that order (the lightning-hydra-template recipe) and returns the best
-validation loss, which Hydra sweepers minimize.
+Builds the objects in that order (the lightning-hydra-template recipe) and returns the final
+validation loss (`val/loss` of the weights the run ends with), which Hydra sweepers minimize.
 """
 from __future__ import annotations
 
@@ -157,10 +157,14 @@ def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) ->
 
 
 def run(cfg: TrainConfig) -> float | None:
-    """The main job: train, save checkpoint + HF adapter/model, answer the demo question, summarize."""
-    from ta_train.model import count_parameters
+    """The main job: train, save checkpoint + HF adapter/model, answer the demo question, summarize.
 
+    Returns the final `val/loss` (None with validation off, or with plan_only): the objective of
+    `python -m ta_train -m ...` sweeps.
+    """
+    from ta_train.final_val import LastValidationStep, final_val_loss
     from ta_train.guards import stop_reason
+    from ta_train.model import count_parameters
     from ta_train.plan import apply_plan, format_plan, plan_for
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
@@ -173,8 +177,10 @@ def run(cfg: TrainConfig) -> float | None:
     cfg = apply_plan(cfg, plan)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(plan.to_json() + "\n", encoding="utf-8")
-    trainer, module, tokenizer = fit(cfg)
+    last_val = LastValidationStep()
+    trainer, module, tokenizer = fit(cfg, [last_val])
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    final = final_val_loss(trainer, module, last_val)
 
     hf_dir = save_outputs(cfg, trainer, module, tokenizer)
     if cfg.logger.log_model:
@@ -196,16 +202,17 @@ def run(cfg: TrainConfig) -> float | None:
         "total_params": total,
         "best_val_loss": best,
         "stop_reason": stop_reason(trainer) or "finished",
+        "final_val_loss": final,
     }
     if cfg.demo.question and trainer.is_global_zero:
         summary["demo_question"] = cfg.demo.question
         if cfg.peft.method != PeftMethod.none:
             summary["base_answer"] = answer(module, tokenizer, cfg.demo.question, cfg, base=True)
         summary["demo_answer"] = answer(module, tokenizer, cfg.demo.question, cfg)
-    _write_json(run_dir / "summary.json", summary)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # other ranks hold no demo answers: one writer
+        _write_json(run_dir / "summary.json", summary)
         _print_summary(summary)
-    return best
+    return final
 
 
 def _best_val_loss(trainer: Any) -> float | None:

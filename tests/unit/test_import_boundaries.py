@@ -24,6 +24,8 @@ BOUNDARIES = {
     "ta_data.demo": TA_DATA_FORBIDDEN,
     "ta_train.config": ("torch", "transformers", "lightning"),
     "ta_train.plan": ("torch", "transformers", "lightning"),
+    "ta_train.report": ("torch", "transformers", "lightning", "matplotlib"),  # matplotlib only when plotting
+    "ta_train.sweep": ("torch", "transformers", "lightning"),  # Hydra builds it before `--cfg job`
 }
 
 
