@@ -232,8 +232,9 @@ def activation_bytes(arch: ArchConfig, s: Setup) -> float:
     (resid bytes * h per token; Korthikanti's 2sbh) plus one layer's full activations and scores
     while it is recomputed. Plus the final norm and lm_head input, (4 + 2e) * h per token.
     The recomputed layer lives only in backward, after the loss and lm_head backward have freed
-    the logits buffers (`logits_bytes`), so only its excess over them adds to the peak: measured
-    on CPU (bench/memory_bench.py), counting both overestimated checkpointed runs by 15%.
+    the logits buffers (`logits_bytes`), so only its excess over them adds to the peak. Measured on
+    CPU (bench/memory_bench.py): adding the whole layer over-predicted checkpointed LoRA runs by up
+    to 15%; with the excess rule they land 6-9% under (bench/RESULTS.md).
     """
     tokens = s.micro_batch * s.seq_len
     e = 2 if s.half else 4
