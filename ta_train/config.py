@@ -175,6 +175,10 @@ class HwConfig:
     peak_tflops: float = 0.0  # dense bf16/fp16 peak per device, for MFU; 0: unknown (no MFU)
     flash_attention: bool = False
     partition: Optional[str] = None  # SLURM partition that +launcher=slurm submits to
+    # Environment for the run (PYTORCH_CUDA_ALLOC_CONF, NCCL_*, TORCH_NCCL_*), set before the
+    # trainer is built; a variable the user already exported wins unless env_override is true.
+    env: dict[str, str] = field(default_factory=dict)
+    env_override: bool = False
 
 
 @dataclass
@@ -213,6 +217,9 @@ class BatchConfig:
 
 @dataclass
 class OptimConfig:
+    # adamw (torch; DeepSpeedCPUAdam under ZeRO-Offload) | adamw8bit | paged_adamw8bit (bitsandbytes:
+    # m and v in 8 bits, 2 B/param instead of 8; paged spills states to CPU RAM on memory spikes)
+    name: str = "adamw"
     lr: float = MISSING  # peak learning rate (train.yaml points it at peft.lr)
     weight_decay: float = 0.01  # not applied to biases, norms and embeddings
     beta1: float = 0.9
@@ -220,6 +227,9 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_ratio: float = 0.03  # of the total optimizer steps (seed: 3%)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+
+    def __post_init__(self) -> None:
+        _check_choice("optim.name", self.name, ("adamw", "adamw8bit", "paged_adamw8bit"))
 
 
 @dataclass

@@ -181,9 +181,13 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
-def save_hf(model: Any, tokenizer: Any, out_dir: Path) -> Path:
-    """Adapter (PEFT) or full model in HF format plus the tokenizer and its chat template."""
+def save_hf(model: Any, tokenizer: Any, out_dir: Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """Adapter (PEFT) or full model in HF format plus the tokenizer and its chat template.
+
+    state_dict: the weights to write instead of the module's own (ZeRO-3's gathered copies,
+    ta_train.zero.gathered_state_dict); PEFT keeps only the adapter entries of it.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out_dir)
     return out_dir

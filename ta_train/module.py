@@ -159,7 +159,9 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total)
+        st = self.cfg.strategy
+        offload = st.name == "deepspeed" and st.offload_optimizer
+        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total, offload=offload)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -85,6 +85,7 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         seq_len=cfg.data.max_seq_len,
         gradient_checkpointing=ckpt if ckpt is not None else cfg.gradient_checkpointing,
         attn=attn_implementation(cfg),
+        optimizer=cfg.optim.name,
     )
 
 

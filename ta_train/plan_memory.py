@@ -27,9 +27,15 @@ QLORA_UNQUANTIZED_BYTES = 4
 RUNTIME_OVERHEAD_GIB = 0.75
 # AdamW: fp32 first and second moments per trainable parameter.
 ADAM_STATE_BYTES = 8
-# ZeRO-Offload streams gradients to CPU through buckets: Lightning's DeepSpeedStrategy defaults to
-# reduce_bucket_size = 2e8 elements; two half-precision buckets in flight = 0.75 GiB on the device.
-OFFLOAD_GRAD_BUCKET_BYTES = 2 * 2e8 * 2
+# bitsandbytes 8-bit AdamW: m and v in 1 byte each plus one fp32 absmax per 256-value block of each
+# (block-wise quantization, Dettmers et al. 2022): 2 + 2 * 4 / 256 bytes per parameter.
+ADAM_8BIT_STATE_BYTES = 2 + 2 * 4 / 256
+# ZeRO reduces gradients in buckets of this many elements (ta_train.zero writes it into the
+# DeepSpeed JSON as reduce_bucket_size; Lightning's default is the same 2e8).
+ZERO_BUCKET_ELEMENTS = 200_000_000
+# ZeRO-Offload streams gradients to CPU through those buckets: two half-precision buckets in
+# flight = 0.75 GiB on the device.
+OFFLOAD_GRAD_BUCKET_BYTES = 2 * ZERO_BUCKET_ELEMENTS * 2
 
 HALF_PRECISIONS = {"bf16-mixed", "16-mixed", "bf16-true", "16-true"}
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "bf16": 2, "fp16": 2, "fp32": 4}
@@ -64,6 +70,7 @@ class Setup:
     seq_len: int  # tokens per sequence
     gradient_checkpointing: bool
     attn: str  # flash_attention_2 | sdpa | eager
+    optimizer: str = "adamw"  # optim.name: adamw | adamw8bit | paged_adamw8bit
 
     @property
     def half(self) -> bool:
@@ -150,12 +157,13 @@ def weight_bytes(arch: ArchConfig, s: Setup) -> tuple[float, float]:
 
 
 def optimizer_bytes(arch: ArchConfig, s: Setup) -> float:
-    """AdamW m and v in fp32 (8 B) per trainable parameter; DeepSpeed + half adds its fp32 master (4 B).
+    """AdamW m and v in fp32 (8 B; ~2 B for 8-bit AdamW) per trainable parameter; DeepSpeed + half adds its fp32 master (4 B).
 
     The 2 + 2 + 12 bytes per parameter of ZeRO (Rajbhandari et al. 2020, K = 12) under DeepSpeed;
     4 + 4 + 8 otherwise (Lightning keeps fp32 weights, so no separate master copy).
     """
-    per = ADAM_STATE_BYTES + (4 if s.deepspeed_half else 0)
+    states = ADAM_STATE_BYTES if s.optimizer == "adamw" else ADAM_8BIT_STATE_BYTES
+    per = states + (4 if s.deepspeed_half else 0)
     return float(per * trainable_params(arch, s))
 
 
@@ -223,13 +231,18 @@ def activation_bytes(arch: ArchConfig, s: Setup) -> float:
     With full recompute (HF checkpoints every decoder layer): each layer keeps only its input
     (resid bytes * h per token; Korthikanti's 2sbh) plus one layer's full activations and scores
     while it is recomputed. Plus the final norm and lm_head input, (4 + 2e) * h per token.
+    The recomputed layer lives only in backward, after the loss and lm_head backward have freed
+    the logits buffers (`logits_bytes`), so only its excess over them adds to the peak. Measured on
+    CPU (bench/memory_bench.py): adding the whole layer over-predicted checkpointed LoRA runs by up
+    to 15%; with the excess rule they land 6-9% under (bench/RESULTS.md).
     """
     tokens = s.micro_batch * s.seq_len
     e = 2 if s.half else 4
     layer = layer_activation_bytes_per_token(arch, s) * tokens + score_bytes_per_sequence(arch, s) * s.micro_batch
     head = (4 + 2 * e) * arch.hidden_size * tokens
     if s.gradient_checkpointing:
-        return arch.n_layers * _resid_bytes(s) * arch.hidden_size * tokens + layer + head
+        recompute = max(0.0, layer - logits_bytes(arch, s))
+        return arch.n_layers * _resid_bytes(s) * arch.hidden_size * tokens + recompute + head
     return arch.n_layers * layer + head
 
 

@@ -1,14 +1,22 @@
 """Lightning strategy and loggers from their config groups (the edges of the run)."""
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 from ta_train.config import LoggerConfig, StrategyConfig
 
+log = logging.getLogger(__name__)
 
-def build_strategy(cfg: StrategyConfig) -> Any:
-    """`auto`/`ddp` by name; FSDP and DeepSpeed ZeRO as configured strategy objects."""
+
+def build_strategy(cfg: StrategyConfig, deepspeed_json: dict[str, Any] | None = None) -> Any:
+    """`auto`/`ddp` by name; FSDP and DeepSpeed ZeRO as configured strategy objects.
+
+    deepspeed_json: the run's DeepSpeed config (ta_train.zero.deepspeed_config); without it the
+    strategy falls back to Lightning's own config for the stage and offload flags.
+    """
     if cfg.name in ("auto", "ddp"):
         return cfg.name
     if cfg.name == "fsdp":
@@ -20,12 +28,34 @@ def build_strategy(cfg: StrategyConfig) -> Any:
 
         if cfg.zero_stage not in (1, 2, 3):
             raise ValueError(f"strategy.zero_stage must be 1, 2 or 3 for deepspeed, got {cfg.zero_stage}")
+        if deepspeed_json is not None:
+            from ta_train.zero import lightning_config
+
+            return DeepSpeedStrategy(config=lightning_config(deepspeed_json))
         return DeepSpeedStrategy(
             stage=cfg.zero_stage,
             offload_optimizer=cfg.offload_optimizer,
             offload_parameters=cfg.offload_parameters,
         )
     raise ValueError(f"strategy.name={cfg.name!r}: expected auto, ddp, fsdp or deepspeed")
+
+
+def apply_env(env: dict[str, str], override: bool = False, environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the hw profile's environment variables; returns the ones it set.
+
+    A variable already in the environment is kept (the user's export wins) unless `override`.
+    Must run before CUDA initializes (PYTORCH_CUDA_ALLOC_CONF is read at the first allocation) and
+    before the process group starts (NCCL reads its variables at communicator creation).
+    """
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for key, value in env.items():
+        if key in environ and not override:
+            if environ[key] != str(value):
+                log.info("env %s=%s kept (the hw profile says %s; hw.env_override=true replaces it)", key, environ[key], value)
+            continue
+        environ[key] = applied[key] = str(value)
+    return applied
 
 
 def is_decoder_layer(module: Any) -> bool:

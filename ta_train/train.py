@@ -39,7 +39,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list[Any] | 
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(cfg.strategy),
+        strategy=build_strategy(cfg.strategy, _deepspeed_json(cfg, run_dir)),
         precision=cfg.precision.name,
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
@@ -62,6 +62,18 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list[Any] | 
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
+
+
+def _deepspeed_json(cfg: TrainConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Under DeepSpeed: the config generated from the run's plan, written as run_dir/deepspeed.json."""
+    if cfg.strategy.name != "deepspeed":
+        return None
+    from ta_train.plan import make_plan
+    from ta_train.zero import deepspeed_config, write_deepspeed_json
+
+    ds = deepspeed_config(make_plan(cfg, strict=True), cfg)  # cfg already carries the plan's choices
+    write_deepspeed_json(ds, run_dir)
+    return ds
 
 
 def _val_interval(cfg: TrainConfig) -> int | None:
@@ -119,6 +131,10 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> tuple[Any
         )
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.hw is not None and cfg.hw.env:  # before CUDA and the process group start
+        from ta_train.strategy import apply_env
+
+        log.info("hw env set: %s", apply_env(cfg.hw.env, cfg.hw.env_override))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     devices = cfg.trainer.devices * cfg.trainer.num_nodes
     accumulation = cfg.batch.accumulation(devices)
@@ -145,6 +161,12 @@ def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) ->
 
     run_dir = Path(cfg.run_dir)
     hf_dir = run_dir / ("model" if cfg.peft.method == PeftMethod.none else "adapter")
+    state = None
+    if cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3:
+        from ta_train.zero import gathered_state_dict
+
+        # ZeRO-3 leaves Size([0]) placeholders in the module: every rank joins the gather, rank 0 writes
+        state = gathered_state_dict(module.model, trainable_only=cfg.peft.method != PeftMethod.none)
     if not trainer.is_global_zero:
         return hf_dir
     if cfg.model.random_init and cfg.peft.method != PeftMethod.none:
@@ -153,7 +175,7 @@ def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) ->
         random_llama(cfg.model, torch_dtype(cfg.precision.frozen_dtype), "sdpa").save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
         module.model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    return save_hf(module.model, tokenizer, hf_dir)
+    return save_hf(module.model, tokenizer, hf_dir, state_dict=state)
 
 
 def run(cfg: TrainConfig) -> float | None:

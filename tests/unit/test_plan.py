@@ -103,6 +103,25 @@ def test_checkpointing_lowers_activations():
     assert activation_bytes(QWEN, replace(LORA_BF16, gradient_checkpointing=True)) < activation_bytes(QWEN, LORA_BF16) / 5
 
 
+def test_recomputed_layer_counts_only_beyond_the_freed_logits():
+    """Checkpointing: L layer inputs + head + max(0, one layer's activations - logits buffers)."""
+    from ta_train.plan_memory import layer_activation_bytes_per_token, score_bytes_per_sequence
+
+    def parts(arch, s):
+        tokens = s.micro_batch * s.seq_len
+        layer = layer_activation_bytes_per_token(arch, s) * tokens + score_bytes_per_sequence(arch, s) * s.micro_batch
+        inputs = arch.n_layers * 2 * arch.hidden_size * tokens  # bf16 residual stream under LoRA
+        return layer, inputs + 8 * arch.hidden_size * tokens, logits_bytes(arch, s)  # head: (4 + 2*2) * h
+
+    ckpt = replace(LORA_BF16, gradient_checkpointing=True)
+    layer, rest, logits = parts(QWEN, ckpt)
+    assert layer < logits  # 152k vocab: the layer fits inside the freed logits buffers
+    assert activation_bytes(QWEN, ckpt) == pytest.approx(rest)
+    small_vocab = replace(QWEN, vocab_size=1000)
+    layer, rest, logits = parts(small_vocab, ckpt)
+    assert activation_bytes(small_vocab, ckpt) == pytest.approx(rest + layer - logits)
+
+
 def test_flash_lowers_activations_vs_sdpa():
     sdpa = replace(LORA_BF16, attn="sdpa")
     # materialized scores: 28 heads x 2048^2 x (4 fp32 softmax + 2 half copy) x 28 layers = 18.4 GiB more
