@@ -124,8 +124,8 @@ class CausalLMModule(L.LightningModule):
         """Total L2 norm of the gradients before clipping; None when no parameter has a gradient.
 
         The one place the norm is computed (logged as train/grad_norm, read by the guards), cached
-        per micro-batch. Local gradients: under ZeRO/FSDP each rank holds a shard, so a sharded
-        strategy must return its engine's global norm here instead.
+        per micro-batch. Local gradients; under DeepSpeed the engine holds them (None here) and
+        on_train_batch_end logs the engine's global norm instead.
         """
         if self._grad_norm_cache[0] == self._micro_batches:
             return self._grad_norm_cache[1]
@@ -135,7 +135,20 @@ class CausalLMModule(L.LightningModule):
         return norm
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.trainer.strategy.handles_gradient_accumulation:  # DeepSpeed: see on_train_batch_end
+            return
         norm = self.grad_norm()
+        if norm is not None:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Under DeepSpeed log the engine's global norm (ZeRO shards the gradients, so a local norm
+        is wrong), read after the engine stepped on the window's last micro-batch."""
+        if not (self.trainer.strategy.handles_gradient_accumulation and bool(batch.get("window_end", True))):
+            return
+        from ta_train.zero import engine_grad_norm
+
+        norm = engine_grad_norm(self.trainer)
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
 

@@ -213,13 +213,14 @@ def layer_activation_bytes_per_token(arch: ArchConfig, s: Setup) -> float:
 def score_bytes_per_sequence(arch: ArchConfig, s: Setup) -> float:
     """Materialized attention scores one layer saves per sequence: heads x T x T.
 
-    flash_attention_2 never materializes them (0). Eager saves the fp32 softmax output and its half
-    cast (HF computes softmax in fp32): a*T^2*(4 + 2) bytes under half precision, a*T^2*4 in fp32.
-    sdpa is counted like eager: on GPU it usually picks a memory-efficient or flash kernel that does
-    not materialize scores, but falls back to the math kernel for some masks and dtypes, so the
-    planner takes the worst case.
+    Only eager attention materializes them: it saves the fp32 softmax output and its half cast (HF
+    computes softmax in fp32), a*T^2*(4 + 2) bytes under half precision, a*T^2*4 in fp32.
+    flash_attention_2 and sdpa keep none (0). sdpa was measured both ways: on an H200 (bf16, full
+    rows and padded rows) it ran cuDNN / memory-efficient kernels and the plan without scores came
+    within 2.5% of max_memory_allocated, where counting them overestimated by 96 GiB; on CPU its
+    flash kernel kept none either (bench/RESULTS.md, gpu_check and memory_bench).
     """
-    if s.attn == "flash_attention_2":
+    if s.attn != "eager":
         return 0.0
     return arch.n_heads * s.seq_len**2 * (4 + (2 if s.half else 0))
 
