@@ -245,7 +245,8 @@ def _pick_gguf(version_dir: Optional[Path], quant: Optional[str]) -> Path:
     if quant:
         files = [f for f in files if f.name.endswith(f"-{quant}.gguf")]
     if not files:
-        raise ExportError(f"no {quant or ''} GGUF in {version_dir}: export with formats=[merged,gguf] (gguf.quant=[...])")
+        what = f"{quant} GGUF" if quant else "GGUF"
+        raise ExportError(f"no {what} file in {version_dir or 'the export'}: export with formats=[merged,gguf] (gguf.quant=[...])")
     from ta_export.export import ollama_gguf
 
     return ollama_gguf(files)
