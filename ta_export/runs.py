@@ -62,7 +62,12 @@ def load_config(run_dir: Path) -> TrainConfig:
     if hydra_cfg.is_file():
         from omegaconf import OmegaConf
 
-        plain = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False)
+        try:
+            plain = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False)
+        except Exception as err:  # yaml and omegaconf parse errors
+            raise ExportError(f"{hydra_cfg}: unreadable YAML ({err})") from err
+        if not isinstance(plain, dict):
+            raise ExportError(f"{hydra_cfg}: expected a mapping of config groups")
         plain["run_dir"] = str(run_dir)  # ${hydra:...} does not resolve outside Hydra
         return _typed(plain, hydra_cfg)
     raise ExportError(f"run={run_dir}: neither run.json nor .hydra/config.yaml is there; is this a ta_train run dir?")

@@ -151,3 +151,19 @@ def test_export_with_gguf_writes_a_modelfile_for_ollama(lora_run, tmp_path):
     assert 'SYSTEM """You are the teaching assistant of an intro machine-learning course.' in text
     assert lines == [f"ollama create ta-tiny-v0001 -f {version.path / 'Modelfile'}", "ollama run ta-tiny-v0001"]
     assert {"model-f16.gguf", "Modelfile"} <= set(version.manifest["files"]) and version.manifest["gguf_quants"] == ["f16"]
+
+
+def test_a_run_with_only_the_hydra_config_loads(lora_run, tmp_path):
+    from omegaconf import OmegaConf
+
+    copy = tmp_path / "hydra-only"
+    shutil.copytree(lora_run, copy, ignore=shutil.ignore_patterns("run.json", "checkpoints"))
+    plain = json.loads((lora_run / "run.json").read_text())["config"]
+    plain["run_dir"] = "${hydra:runtime.output_dir}"  # as Hydra writes it
+    (copy / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(plain), copy / ".hydra" / "config.yaml")
+    run = load_run(copy)
+    assert run.cfg.run_dir == str(copy) and run.family == "chatml" and run.cfg.data.max_seq_len == 256
+    (copy / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ExportError, match="config.yaml: unreadable YAML"):
+        load_run(copy)
