@@ -108,6 +108,7 @@ def test_clear_errors_for_missing_run_no_adapter_and_bad_formats(lora_run, tmp_p
     assert main([f"run={tmp_path / 'nope'}"]) == 1
 
 
+@pytest.mark.slow  # trains a second run (~20 s on 2 busy cores)
 def test_full_fine_tune_run_exports_its_model_as_is(tmp_path):
     from ta_export.export import export_run
 
