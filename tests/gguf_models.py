@@ -4,6 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+TRAIN_STEPS = 12  # real LoRA steps for the tiny model the GGUF tests export
+
 
 def save_merged(model: Any, tokenizer: Any, out: Path) -> Path:
     """An HF folder the way a merge writes it: fp32 weights, tokenizer, chat template."""
@@ -68,3 +72,25 @@ def hf_logits(merged: Path, ids: list[int]) -> Any:
     model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory) -> tuple[Path, Any, Path]:
+    """(merged dir, tokenizer, run dir) of the tiny Llama trained with LoRA, shared by the GGUF tests."""
+    tmp = tmp_path_factory.mktemp("trained")
+    merged, tok = train_and_merge(tmp, TRAIN_STEPS)
+    return merged, tok, tmp / "run"
+
+
+def training_ids(tok: Any, run_dir: Path, n_examples: int = 6, max_tokens: int = 500) -> list[int]:
+    """The first examples the run trained on, encoded as training encoded them, concatenated."""
+    import json
+
+    from ta_train.chat import encode_messages, from_alpaca, from_sharegpt
+
+    ids: list[int] = []
+    for line in (run_dir / "data" / "sft.jsonl").read_text(encoding="utf-8").splitlines()[:n_examples]:
+        record = json.loads(line)
+        messages = from_sharegpt(record) if "conversations" in record else from_alpaca(record)
+        ids += encode_messages(tok, messages, max_seq_len=512)["input_ids"]
+    return ids[:max_tokens]

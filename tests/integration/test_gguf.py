@@ -118,6 +118,7 @@ def test_llama_gguf_has_the_training_tokenizer_and_permuted_qk(tiny_llama, tmp_p
     assert np.allclose(bits.view(np.float32).reshape(emb.shape), emb, rtol=2**-8, atol=0)
 
 
+@pytest.mark.slow  # ~70 s: reading back Qwen's 151k tokens and merges with GGUFReader
 def test_qwen2_gguf_keeps_hf_rotary_layout_and_biases(tmp_path):
     tok = real_tokenizer("qwen3", "chatml")
     merged = random_qwen2_dir(tok, tmp_path / "merged")
