@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev
 
-.PHONY: install demo test test-slow test-all clean
+.PHONY: install demo test test-slow test-all clean go-toolchain
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ install: $(VENV)/.installed-$(EXTRAS)
 demo: install
 	$(BIN)/python -m ta_train
 
-test: install
+# Go's text/template renders the Ollama Modelfile TEMPLATEs in tests/unit/test_modelfile.py (Debian
+# golang-go through apt, as root); without Go those parity tests skip with a message.
+go-toolchain:
+	@command -v go >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; } \
+	  || echo "Go is not installed: the Ollama template parity tests will skip (apt-get install golang-go)"
+
+test: install go-toolchain
 	$(BIN)/python -m pytest
 
 test-slow: install

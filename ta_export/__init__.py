@@ -1,1 +1,1 @@
-"""ta_export: merged weights, GGUF, Ollama Modelfile, vLLM/llama.cpp serving, versions (to come)."""
+"""ta_export: merged weights, GGUF, Ollama Modelfile, vLLM/llama.cpp serving, export versions (see the README)."""
