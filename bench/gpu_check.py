@@ -172,12 +172,29 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         "attn": module.model.config._attn_implementation, "plan_peak_gib": plan.peak_gib,
         "plan_breakdown": plan.breakdown, "plan_fits": plan.fits, "loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
     }
+    out.update(logged_perf(Path(cfg.run_dir) / "metrics.csv"))
     if device == "cuda":
         gib = 2**30
         out["max_allocated_gib"] = round(torch.cuda.max_memory_allocated() / gib, 2)
         out["max_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
         free, total = torch.cuda.mem_get_info()
         out["device_used_gib_at_end"] = round((total - free) / gib, 2)
+    return out
+
+
+def logged_perf(csv_path: Path) -> dict:
+    """The run's own live perf/* metrics (ta_train.throughput), median over the timed steps."""
+    import csv
+    import statistics
+
+    if not csv_path.exists():
+        return {}
+    rows = list(csv.DictReader(csv_path.open()))
+    out = {}
+    for key in ("perf/mfu", "perf/tokens_per_s", "perf/max_memory_gb"):
+        values = [float(r[key]) for r in rows[WARMUP:] if r.get(key) not in (None, "")]
+        if values:
+            out["logged_" + key.split("/")[1]] = round(statistics.median(values), 4)
     return out
 
 
