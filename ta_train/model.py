@@ -35,13 +35,28 @@ def resize_embeddings(model: Any, vocab_size: int) -> None:
     import torch
 
     emb = model.get_input_embeddings()
-    old = emb.weight.shape[0]
+    # num_embeddings, not weight.shape: under DeepSpeed ZeRO-3 (zero.Init) the weight is an empty
+    # placeholder of its shard and shape[0] is 0 (seen on an H200: a no-op resize then failed)
+    old = emb.num_embeddings
     if vocab_size <= old:
         return
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
-    with torch.no_grad():
-        for layer in {id(x): x for x in (model.get_input_embeddings(), model.get_output_embeddings()) if x is not None}.values():
-            layer.weight[old:] = layer.weight[:old].mean(dim=0)
+    layers = {id(x): x for x in (model.get_input_embeddings(), model.get_output_embeddings()) if x is not None}
+    weights = [layer.weight for layer in layers.values()]
+    with _gathered(weights), torch.no_grad():
+        for w in weights:
+            w[old:] = w[:old].mean(dim=0)
+
+
+def _gathered(params: list[Any]) -> Any:
+    """ZeRO-3 partitioned parameters gathered (rank 0 modifies, then re-partitioned); else a no-op."""
+    import contextlib
+
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 def resolve_attn_implementation(

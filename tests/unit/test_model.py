@@ -105,3 +105,21 @@ def test_an_added_pad_token_grows_the_embeddings_with_the_mean_row(make_cfg):
     assert emb.shape[0] == cfg.model.arch.vocab_size + 1
     assert torch.allclose(emb[-1], emb[:-1].mean(dim=0), atol=1e-6)
     assert model.get_output_embeddings().weight.shape[0] == emb.shape[0]
+
+
+def test_resize_reads_the_row_count_from_the_module_not_a_zero3_placeholder():
+    """Under ZeRO-3 (zero.Init) a weight is an empty shard placeholder carrying `ds_id`; the resize
+    must see the module's real row count and leave a model whose vocabulary already fits alone."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ta_train.model import resize_embeddings
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    emb = model.get_input_embeddings()
+    placeholder = torch.nn.Parameter(torch.empty(0))
+    placeholder.ds_id = 0  # what deepspeed.zero.Init leaves in the module
+    emb.weight = placeholder
+    resize_embeddings(model, 100)  # a no-op: 100 rows already
+    assert emb.weight is placeholder and emb.num_embeddings == 100
