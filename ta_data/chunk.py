@@ -108,14 +108,13 @@ def _units(docs: Iterable[Document], transcript: bool, config: ChunkConfig, coun
         pieces = [(0, "", text)] if transcript else split_sentences(text)
         for index, (at, sep, piece) in enumerate(pieces):
             sep = doc_sep if index == 0 else sep
-            tokens = count(piece)
-            parts = [(at, sep, piece)]
-            if tokens > config.max_tokens:
-                parts = [(at + p.offset, sep if i == 0 else p.sep, p.text)
-                         for i, p in enumerate(split_long(piece, config.max_tokens, count))]
-            for part_at, part_sep, part in parts:  # the separator's own tokens ("\n\n") count
-                tokens = count(part_sep + part) if part_sep else count(part)
-                yield _Unit(part, part_sep, tokens, doc.start, doc.end, offset + part_at)
+            tokens = count(sep + piece)  # the separator's own tokens ("\n\n") count
+            if tokens <= config.max_tokens or count(piece) <= config.max_tokens:
+                yield _Unit(piece, sep, tokens, doc.start, doc.end, offset + at)
+                continue
+            for i, part in enumerate(split_long(piece, config.max_tokens, count)):
+                part_sep = sep if i == 0 else part.sep
+                yield _Unit(part.text, part_sep, count(part_sep + part.text), doc.start, doc.end, offset + at + part.offset)
         offset += len(text) + 2
         last = text
 

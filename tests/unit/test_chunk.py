@@ -193,3 +193,21 @@ def test_estimate_tracks_smollm2(smollm2_dir: Path) -> None:
         text = (COURSE_DIR / name).read_text(encoding="utf-8")
         ratio = estimate_tokens(text) / count(text)
         assert 0.8 <= ratio <= 1.2, (name, ratio)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("学习率决定步长。太大会发散！太小呢？很慢；所以要调。", ["学习率决定步长。", "太大会发散！", "太小呢？", "很慢；", "所以要调。"]),
+        ("We use e.g. Adam. Dr. Smith says pi is 3.14. Why? \"Yes.\" Then...  more",
+         ["We use e.g. Adam.", "Dr. Smith says pi is 3.14.", "Why?", "\"Yes.\"", "Then...", "more"]),
+        ("y = w * x + b. Then we train; it works", ["y = w * x + b.", "Then we train; it works"]),
+        ("他说：“好。”然后走了。", ["他说：“好。”", "然后走了。"]),
+        ("A list:\n- one\n- two\n\nWrapped\nline. End", ["A list:", "- one", "- two", "Wrapped\nline.", "End"]),
+    ],
+)
+def test_sentence_ends(text: str, expected: list[str]) -> None:
+    pieces = split_sentences(text)
+    assert [p.text for p in pieces] == expected
+    assert "".join(p.sep + p.text for p in pieces) == text  # nothing lost
+    assert all(text[p.offset : p.offset + len(p.text)] == p.text for p in pieces)
