@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ta_data.pipeline import run
 
-    run(cfg, plain)
+    try:
+        run(cfg, plain)
+    except (FileNotFoundError, NotADirectoryError) as exc:  # a missing input or stage file: say which
+        print(f"ta-data: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

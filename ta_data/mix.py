@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ta_data.config import MixConfig
-from ta_data.quality import detect_language
+from ta_data.quality import _CJK_CLASS, EN_MAX_CJK_SHARE, ZH_MIN_CJK_SHARE
 from ta_data.stage_io import dumps
 
 EVAL_KINDS = ("factual", "refusal", "format", "citation")
@@ -29,10 +30,13 @@ EVAL_KINDS = ("factual", "refusal", "format", "citation")
 _FORMAT_KINDS = ("extract", "summary", "quiz")
 
 
-def record_hash(record: dict, salt: str, seed: int = 0) -> int:
-    """64-bit hash of the record's canonical JSON, salted per decision (ratio, cap, eval, split)."""
-    digest = hashlib.blake2b(f"{seed}\x00{salt}\x00{dumps(record)}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+def record_hash(record: dict | str, salt: str, seed: int = 0) -> int:
+    """64-bit hash of the record's canonical JSON (or of that JSON, when given as a str), salted per
+    decision (ratio, cap, eval, split): serialize once, hash for every decision."""
+    canonical = record if isinstance(record, str) else dumps(record)
+    h = hashlib.blake2b(f"{seed}\x00{salt}\x00".encode(), digest_size=8)
+    h.update(canonical.encode("utf-8"))
+    return int.from_bytes(h.digest(), "big")
 
 
 def below(h: int, fraction: float) -> bool:
@@ -131,12 +135,14 @@ def select_course(records: Callable[[], Iterator[dict]], cfg: MixConfig) -> tupl
     for i, rec in enumerate(records()):
         meta = rec.get("meta") or {}
         ratio = cfg.ratios.get(str(meta.get("kind")))
-        ok = ratio is None or below(record_hash(rec, "ratio", cfg.seed), ratio)
+        canonical = dumps(rec) if ratio is not None or cfg.caps else ""
+        ok = ratio is None or below(record_hash(canonical, "ratio", cfg.seed), ratio)
         passed.append(ok)
         drops["ratio"] += not ok
-        if ok:
-            h = record_hash(rec, "cap", cfg.seed)
-            for key in {str(meta.get("kind")), str(meta.get("source"))} & set(cfg.caps):
+        capped = {str(meta.get("kind")), str(meta.get("source"))} & set(cfg.caps)
+        if ok and capped:
+            h = record_hash(canonical, "cap", cfg.seed)
+            for key in capped:
                 entry = (-h, -i)  # a max-heap of the cap smallest
                 if len(heaps[key]) < cfg.caps[key]:
                     heapq.heappush(heaps[key], entry)
@@ -181,7 +187,16 @@ def replay_target(ratio: float | None, cap: int | None, n_course: int) -> int | 
     return n
 
 
+_CJK_RE = re.compile(f"[{_CJK_CLASS}]")
+_LATIN_RE = re.compile(r"[A-Za-z]")
+
+
 def record_lang(record: dict) -> str:
-    """The language of a record's text by script ratio (no lingua: fast and dependency-free)."""
-    text = " ".join(m["content"] for m in to_messages(record))
-    return detect_language(text, use_lingua=False)[0]
+    """zh | en | mixed | unknown of a record's question and answer (its context is not read), by the
+    CJK share of CJK + Latin letters with ta_data.quality's thresholds; regex counts, no per-character loop."""
+    text = " ".join(m["content"] for m in to_messages({**record, "input": ""}) if m["role"] != "system")
+    cjk, latin = len(_CJK_RE.findall(text)), len(_LATIN_RE.findall(text))
+    if cjk + latin == 0:
+        return "unknown"
+    share = cjk / (cjk + latin)
+    return "zh" if share >= ZH_MIN_CJK_SHARE else "en" if share <= EN_MAX_CJK_SHARE else "mixed"

@@ -53,17 +53,20 @@ def run(cfg: PipelineConfig, config_dict: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stages = [cfg.stage] if cfg.stage else list(STAGES)
     timing: dict[str, float] = {}
+    peak_after: dict[str, float] = {}  # peak RSS so far after each stage: where the peak was reached
     for stage in stages:
         t0 = time.perf_counter()
         RUNNERS[stage](cfg).write(out)
         timing[stage] = round(time.perf_counter() - t0, 3)
+        peak_after[stage] = round(peak_rss_mb(), 1)
         if stage == "pii" and not cfg.stage and not cfg.keep_raw_stages:
             for path in raw_stage_files(out):
                 path.unlink(missing_ok=True)
     write_rejects(out)
     card = write_card(out, config_dict)
     (out / "timing.json").write_text(
-        json.dumps({"seconds": timing, "peak_rss_mb": round(peak_rss_mb(), 1)}, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps({"seconds": timing, "peak_rss_mb": round(peak_rss_mb(), 1), "peak_rss_mb_after": peak_after},
+                   sort_keys=True) + "\n", encoding="utf-8"
     )
     print(summary(card))
     print(f"outputs in {out}: chunks.jsonl sft.jsonl val.jsonl evalset.jsonl rejects.jsonl card.json", file=sys.stderr)

@@ -8,6 +8,7 @@ Rejected records are scrubbed of PII before they are written: rejects.jsonl is a
 from __future__ import annotations
 
 import fnmatch
+import json
 import multiprocessing as mp
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from ta_data.quality import filter_document
 from ta_data.readers import read_course_file, read_qa
 from ta_data.records import Reject
 from ta_data.stage_io import (
-    AtomicWriter, StageStats, doc_record, iter_jsonl, qa_record, reason_key, record_text, rejects_file,
+    AtomicWriter, StageStats, doc_record, dumps, iter_jsonl, qa_record, reason_key, record_text, rejects_file,
     stage_file,
 )
 
@@ -225,3 +226,28 @@ def run_per_record(cfg: PipelineConfig, stage: str) -> StageStats:
 def raw_stage_files(out: str | Path) -> list[Path]:
     """The intermediate files that still hold unscrubbed text (deleted after a full run)."""
     return [stage_file(out, s) for s in ("read", "clean", "quality")]
+
+
+class RecordStage:
+    """One per-record stage (clean, quality, pii) as a picklable row function for other engines.
+
+    A row is ``{"text": <one line of the previous stage's jsonl>}`` (what ``datasets.load_dataset("text")``
+    yields); the result is ``{"out": <line or "">, "reject": <line or "">}``. Each worker process builds
+    the stage's objects once, on its first row. For Hugging Face `datasets` and Ray Data alike::
+
+        ds = load_dataset("text", data_files=str(DIR / "stages/quality.jsonl"), split="train")
+        ds = ds.map(RecordStage("pii", cfg), num_proc=8, remove_columns=["text"])      # datasets
+        ds = ray.data.read_text(path).map(RecordStage("pii", cfg))                     # Ray Data
+    """
+
+    def __init__(self, stage: str, cfg: PipelineConfig) -> None:
+        if stage not in PER_RECORD:
+            raise ValueError(f"RecordStage: {stage!r} is not a per-record stage ({', '.join(PER_RECORD)})")
+        self.stage, self.cfg, self._ready = stage, cfg, False
+
+    def __call__(self, row: dict[str, str]) -> dict[str, str]:
+        if not self._ready:
+            _setup(self.cfg)
+            self._ready = True
+        kept, reject, _ = PER_RECORD[self.stage](json.loads(row["text"]))
+        return {"out": dumps(kept) if kept is not None else "", "reject": reject or ""}

@@ -104,3 +104,14 @@ def test_replay_indices_take_the_smallest_hashes():
     got = replay_indices(lambda: iter(records), 6, 0)
     assert got == set(sorted(range(50), key=lambda i: record_hash(records[i], "replay", 0))[:6])
     assert replay_indices(lambda: iter(records), None, 0) is None
+
+
+def test_record_lang_reads_question_and_answer_only():
+    from ta_data.mix import record_lang
+
+    zh = {"instruction": "什么是梯度？", "input": "The gradient is a vector of partial derivatives of the loss.",
+          "output": "梯度是损失对参数的偏导数组成的向量。", "meta": {}}
+    assert record_lang(zh) == "zh"
+    assert record_lang({"conversations": [{"role": "user", "content": "What is a loss?"},
+                                          {"role": "assistant", "content": "A number to minimize."}]}) == "en"
+    assert record_lang({"instruction": "123", "input": "", "output": "456"}) == "unknown"
