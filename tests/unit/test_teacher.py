@@ -215,12 +215,13 @@ def test_token_bucket_waits_exactly_for_the_rate():
 
 
 def test_client_rate_limit_spends_tokens_only_on_http_calls(server, tmp_path):
-    client, sleeps = make_client(server, tmp_path, rate_limit_per_s=10.0)
+    # 0.5/s: the injected sleep returns at once, so each later call owes up to 2 s minus its round trip.
+    client, sleeps = make_client(server, tmp_path, rate_limit_per_s=0.5)
     prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
     for i in range(3):
         server.ok(f"a{i}")
     assert [client.chat(p) for p in prompts] == ["a0", "a1", "a2"]
-    assert len(sleeps) == 2 and all(0.0 < s <= 0.1 for s in sleeps)
+    assert len(sleeps) == 2 and all(1.0 < s <= 2.0 for s in sleeps)
     assert [client.chat(p) for p in prompts] == ["a0", "a1", "a2"]  # cache hits: no wait
     assert len(sleeps) == 2
 
