@@ -166,3 +166,15 @@ def test_ta_train_composes_against_the_output(run, make_cfg):
     assert path == out / "sft.jsonl"
     records = read_source(path, cfg.data.sources[0].format)
     assert records.conversations and not records.rejects
+
+
+@pytest.mark.slow  # imports torch + Lightning and trains the tiny model 2 steps (~30 s)
+def test_ta_train_trains_two_steps_on_the_output(run, make_cfg):
+    from ta_train.train import fit
+
+    _, out, _, _ = run
+    cfg = make_cfg("data=teaching_mix", f"data.dir={out}", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+                   "checkpoint.every_n_steps=2")
+    fit(cfg)
+    metrics = (Path(cfg.run_dir) / "metrics.csv").read_text()
+    assert "train/loss" in metrics
