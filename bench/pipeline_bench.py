@@ -6,8 +6,8 @@ and peak RSS. Goal: time grows linearly with the input, peak RSS stays (nearly) 
 The generated course (seeded, so every run reads the same bytes) mixes Markdown notes (headings,
 paragraphs) and SRT transcripts (timed cues), about 60% Chinese / 40% English paragraphs of random
 words from a fixed vocabulary (so unrelated paragraphs share almost no 5-grams), with 5% of the
-paragraphs exact copies of an earlier one, 2% near copies (one word changed), and 1% carrying a
-phone number, an e-mail, a student ID or a cued name. Each size runs in a fresh process (the
+notes' sections exact copies of an earlier one, 2% near copies (one word or two characters
+changed), and 1% of paragraphs carrying a phone number, an e-mail, a student ID or a cued name. Each size runs in a fresh process (the
 pipeline's own timing.json gives its seconds per stage and peak RSS of it and its workers).
 """
 from __future__ import annotations
@@ -57,23 +57,39 @@ def _pii(rng: random.Random, zh: bool) -> str:
 
 
 def _paragraphs(rng: random.Random):
-    made: list[str] = []
+    """Endless fresh paragraphs (60% Chinese); 1% carry a piece of PII."""
+    while True:
+        zh = rng.random() < 0.6
+        p = _paragraph(rng, zh)
+        if rng.random() < 0.01:
+            p += ("，" if zh else " ") + _pii(rng, zh) + ("。" if zh else ".")
+        yield p
+
+
+def _near_copy(rng: random.Random, text: str) -> str:
+    """The text with one word (English) or two characters (Chinese) replaced: Jaccard of 5-grams ~0.95."""
+    words = text.split(" ")
+    if len(words) > 20:
+        words[rng.randrange(len(words))] = rng.choice(EN_WORDS)
+        return " ".join(words)
+    at = rng.randrange(len(text) - 2)
+    return text[:at] + rng.choice(ZH_CHARS) + rng.choice(ZH_CHARS) + text[at + 2:]
+
+
+def _sections(rng: random.Random):
+    """Section bodies (2-5 paragraphs): 5% exact copies of an earlier section, 2% near copies."""
+    paras, made = _paragraphs(rng), []
     while True:
         r = rng.random()
         if made and r < 0.05:
-            p = rng.choice(made)
+            body = rng.choice(made)
         elif made and r < 0.07:
-            words = rng.choice(made).split(" ")
-            words[rng.randrange(len(words))] = rng.choice(EN_WORDS)
-            p = " ".join(words)
+            body = _near_copy(rng, rng.choice(made))
         else:
-            zh = rng.random() < 0.6
-            p = _paragraph(rng, zh)
-            if rng.random() < 0.01:
-                p += ("，" if zh else " ") + _pii(rng, zh) + ("。" if zh else ".")
-            if len(made) < 5000:
-                made.append(p)
-        yield p
+            body = "\n\n".join(next(paras) for _ in range(rng.randint(2, 5)))
+            if len(made) < 2000:
+                made.append(body)
+        yield body
 
 
 def _stamp(t: float) -> str:
@@ -85,7 +101,7 @@ def generate(root: Path, mb: float, seed: int = 0) -> int:
     """Write about mb MB of course files under root; returns the bytes written."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
-    paras, total, n = _paragraphs(rng), 0, 0
+    paras, sections, total, n = _paragraphs(rng), _sections(rng), 0, 0
     while total < mb * 1e6:
         if n % 4 == 3:  # a transcript
             t, lines = 0.0, []
@@ -97,8 +113,7 @@ def generate(root: Path, mb: float, seed: int = 0) -> int:
         else:
             parts = [f"# Chapter {n}"]
             for sec in range(8):
-                parts.append(f"## Section {n}.{sec}")
-                parts += [next(paras) for _ in range(rng.randint(2, 5))]
+                parts += [f"## Section {n}.{sec}", next(sections)]
             text, name = "\n\n".join(parts) + "\n", f"notes_{n:05d}.md"
         (root / name).write_text(text, encoding="utf-8")
         total += len(text.encode("utf-8"))

@@ -54,7 +54,7 @@ class PiiConfig:
 @dataclass
 class DedupConfig:
     threshold: float = 0.9  # Jaccard of character 5-gram sets
-    batch_docs: int = 4096  # documents sketched per step (bounds transient memory)
+    batch_docs: int = 1024  # documents sketched per step: transient memory ~40 bytes x their characters
 
 
 @dataclass
