@@ -12,7 +12,7 @@ from ta_data.pii import load_roster
 from ta_data.readers import read_open_dataset
 from ta_data.records import Reject
 from ta_data.stage_io import AtomicWriter, StageStats, iter_jsonl, reason_key, rejects_file, stage_file
-from ta_data.stages_doc import _progress, scrub_value, scrubbed_reject
+from ta_data.stages_doc import progress_bar, scrub_value, scrubbed_reject
 
 OUTPUTS = ("sft.jsonl", "val.jsonl", "evalset.jsonl")
 
@@ -45,7 +45,7 @@ def run_mix(cfg: PipelineConfig) -> StageStats:
     out_dir = Path(cfg.output)
     eval_items: dict[str, list[dict]] = {k: [] for k in EVAL_KINDS}
     with AtomicWriter(out_dir / "sft.jsonl") as train, AtomicWriter(out_dir / "val.jsonl") as val:
-        bar = _progress(None, "mix", cfg.progress)
+        bar = progress_bar(None, "mix", cfg.progress)
 
         def emit(rec: dict, origin: str) -> None:
             meta = rec.get("meta") or {}

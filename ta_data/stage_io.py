@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ta_data.records import Document, QAPair, Reject
+from ta_data.records import Document, QAPair
 
 
 def dumps(obj: Any) -> str:
@@ -172,14 +172,3 @@ def to_qapair(rec: dict[str, Any]) -> QAPair:
 def record_text(rec: dict[str, Any]) -> str:
     """The text a stage judges: a document's text, or a QA pair's question and answer."""
     return rec["text"] if rec["type"] == "doc" else f"{rec['question']}\n{rec['answer']}"
-
-
-def reject_line(reject: Reject) -> str:
-    return reject.to_json()
-
-
-def write_rejects(out: str | Path, stage: str, lines: Iterable[str]) -> int:
-    with AtomicWriter(rejects_file(out, stage)) as w:
-        for line in lines:
-            w.write(line)
-        return w.lines

@@ -20,7 +20,7 @@ from ta_data.records import Reject
 from ta_data.stage_io import (
     AtomicWriter, StageStats, iter_jsonl, reason_key, record_text, rejects_file, stage_file, to_document, to_qapair,
 )
-from ta_data.stages_doc import _progress
+from ta_data.stages_doc import progress_bar
 
 TOKEN_BINS = (100, 200, 300, 400, 500, 600, 700, 800, 1000)
 """Upper edges of the chunk-length histogram in card.json (tokens); longer ones count as ">1000"."""
@@ -44,7 +44,7 @@ def run_dedup(cfg: PipelineConfig) -> StageStats:
     params = SketchParams.for_threshold(cfg.dedup.threshold)
     parts, n = [], 0
     records = iter_jsonl(src)
-    bar = _progress(None, "dedup", cfg.progress)
+    bar = progress_bar(None, "dedup", cfg.progress)
     while batch := list(islice(records, cfg.dedup.batch_docs)):
         parts.append(sketch([record_text(r) for r in batch], ids=range(n, n + len(batch)), params=params))
         n += len(batch)
@@ -92,7 +92,7 @@ def run_chunk(cfg: PipelineConfig) -> StageStats:
                 yield to_document(rec)
 
     with AtomicWriter(chunks_path(cfg)) as out:
-        bar = _progress(None, "chunk", cfg.progress)
+        bar = progress_bar(None, "chunk", cfg.progress)
         for chunk in chunk_documents(docs(), config):
             stats.count_out(chunk.source, chunk.lang)
             stats.extra[f"tokens:{token_bin(chunk.n_tokens)}"] += 1
@@ -135,7 +135,7 @@ def run_synth(cfg: PipelineConfig) -> StageStats:
     stats = StageStats("synth")
     rejects: list[Reject] = []
     with AtomicWriter(stage_file(cfg.output, "synth")) as out, AtomicWriter(rejects_file(cfg.output, "synth")) as rej:
-        bar = _progress(None, "synth", cfg.progress)
+        bar = progress_bar(None, "synth", cfg.progress)
         for record in _synth_records(cfg, rejects):
             meta = record.get("meta") or {}
             stats.count_out(str(meta.get("source")), meta.get("lang"))

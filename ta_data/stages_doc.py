@@ -159,7 +159,7 @@ def iter_read(cfg: PipelineConfig) -> Iterator[dict | Reject]:
         yield from (Reject(rel, r.line, r.reason, r.record) for r in rejects)
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
+def progress_bar(total: int | None, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"{desc:<9}", unit="rec", disable=not enabled, leave=True, mininterval=0.5)
@@ -169,7 +169,7 @@ def run_read(cfg: PipelineConfig) -> StageStats:
     _setup(cfg)
     stats = StageStats("read")
     with AtomicWriter(stage_file(cfg.output, "read")) as out, AtomicWriter(rejects_file(cfg.output, "read")) as rej:
-        bar = _progress(None, "read", cfg.progress)
+        bar = progress_bar(None, "read", cfg.progress)
         for item in iter_read(cfg):
             if isinstance(item, Reject):
                 stats.rejects_by_reason[f"read: {reason_key(item.reason)}"] += 1
@@ -203,7 +203,7 @@ def run_per_record(cfg: PipelineConfig, stage: str) -> StageStats:
     results = pool.imap(_apply, records, chunksize=64) if pool else map(_apply, records)
     try:
         with AtomicWriter(stage_file(cfg.output, stage)) as out, AtomicWriter(rejects_file(cfg.output, stage)) as rej:
-            bar = _progress(None, stage, cfg.progress)
+            bar = progress_bar(None, stage, cfg.progress)
             for source, kept, reject, info in results:
                 stats.count_in(source)
                 if kept is None:
