@@ -14,6 +14,8 @@ from ta_data.config import STAGES
 from ta_data.stage_io import read_stats, rejects_file
 
 CARD_VERSION = 1
+MAX_SOURCE_ROWS = 20
+"""The summary lists the 20 largest sources and sums the rest (card.json lists all)."""
 
 
 def collect_stats(out: str | Path) -> dict[str, dict[str, Any]]:
@@ -86,8 +88,12 @@ def summary(card: dict[str, Any]) -> str:
                     ("stage", "in", "out", "rejected"))
     stages = [s for s in ("read", "pii", "dedup", "chunk", "mix") if s in card["per_source"]]
     sources = sorted({src for s in stages for src in card["per_source"][s]})
-    lines += _table("records per source (out of each stage)",
-                    [(src, *[card["per_source"][s].get(src, 0) for s in stages]) for src in sources], ("source", *stages))
+    rows = [(src, *[card["per_source"][s].get(src, 0) for s in stages]) for src in sources]
+    if len(rows) > MAX_SOURCE_ROWS:  # the largest sources; card.json has every one
+        shown = sorted(rows, key=lambda r: (-sum(r[1:]), r[0]))[:MAX_SOURCE_ROWS]
+        hidden = [r for r in rows if r not in shown]
+        rows = sorted(shown) + [(f"({len(hidden)} more sources)", *[sum(r[k] for r in hidden) for k in range(1, len(stages) + 1)])]
+    lines += _table("records per source (out of each stage)", rows, ("source", *stages))
     lang_stages = list(card["per_language"])
     langs = sorted({lang for s in lang_stages for lang in card["per_language"][s]})
     lines += _table("records per language", [(lang, *[card["per_language"][s].get(lang, 0) for s in lang_stages])
