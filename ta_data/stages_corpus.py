@@ -53,7 +53,8 @@ def run_dedup(cfg: PipelineConfig) -> StageStats:
     if n == 0:
         return _write_dedup(cfg, stats, set(), {}, None)
     merged = merge_sketches(parts)
-    candidates = candidate_pairs(merged)
+    parts.clear()  # the shards' copies: 152 bytes per document
+    candidates = candidate_pairs(merged)  # peak: the one-process sort of docs x bands keys (~0.8 KB/doc)
     involved = set(candidates.ravel().tolist())
     texts = {i: record_text(r) for i, r in enumerate(iter_jsonl(src)) if i in involved}
     result = cluster(merged, confirm_pairs(candidates, texts, params.threshold), len(candidates))
