@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -103,6 +103,8 @@ class SourceConfig:
 class DataConfig:
     name: str = MISSING
     sources: list[SourceConfig] = MISSING
+    dir: Optional[str] = None  # a ta_data output folder (`python -m ta_data output=DIR`); sources may use ${data.dir}
+    mix: Optional[Any] = None  # ta_data's stage 9 settings (typed by ta_data.config.MixConfig); unused here
     max_seq_len: int = 2048  # tokens per example after the chat template
     val_fraction: float = 0.05  # held out per source before mixing
     val_max_samples: int = 512

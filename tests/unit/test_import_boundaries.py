@@ -22,6 +22,8 @@ BOUNDARIES = {
     "ta_data.pii": TA_DATA_FORBIDDEN + ("jieba",),
     "ta_data.dedup": TA_DATA_FORBIDDEN,
     "ta_data.demo": TA_DATA_FORBIDDEN,
+    "ta_data.pipeline": TA_DATA_FORBIDDEN,
+    "ta_data.__main__": TA_DATA_FORBIDDEN + ("hydra",),
     "ta_train.config": ("torch", "transformers", "lightning"),
     "ta_train.plan": ("torch", "transformers", "lightning"),
     "ta_train.report": ("torch", "transformers", "lightning", "matplotlib"),  # matplotlib only when plotting
