@@ -8,34 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from ta_data.chunk import Chunk
 from ta_data.demo import COURSE_DIR
 from ta_data.records import Reject
 from ta_data.readers.course import read_markdown, read_srt
 from ta_data.teacher import TeacherClient, TeacherConfig, grounding_score, teacher_synthesize
+from tests.llamacpp_server import llama_cpp_server
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    text: str
-    source: str
-    chapter: str | None
-    start: float | None
-    end: float | None
-    lang: str
-    n_tokens: int
 
 
 def demo_chunks() -> list[Chunk]:
@@ -71,39 +56,9 @@ def llama_server(tmp_path_factory):
     )
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] extra missing: `make llama-cpp` installs it")
     gguf = smollm2_gguf()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with llama_cpp_server(gguf, "smollm2", log, n_ctx=2048) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_smollm2_teacher_writes_grounded_records_or_says_why(llama_server, tmp_path):

@@ -5,7 +5,6 @@ import json
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
@@ -22,21 +21,8 @@ from ta_data.teacher import (
 )
 from ta_data.teacher_client import TokenBucket, request_key, retry_after_seconds
 from tests.conftest import REPO
+from ta_data.chunk import Chunk
 from tests.teacher_server import chat_body, start_server
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """The fields of ta_data.chunk.Chunk that the teacher reads (duck typing)."""
-
-    id: str
-    text: str
-    source: str
-    chapter: str | None
-    start: float | None
-    end: float | None
-    lang: str
-    n_tokens: int
 
 
 NOTES = Chunk(
