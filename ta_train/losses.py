@@ -14,13 +14,28 @@ IGNORE_INDEX = -100
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align position t's logits with token t+1.
+    """Align position t's logits with token t+1 by shifting the labels, not the logits.
 
     logits: (B, T, V); labels: (B, T) with IGNORE_INDEX where nothing is trained.
-    Returns logits (B*(T-1), V) and targets (B*(T-1),).
+    Returns logits (B*T, V), a view when `logits` is contiguous (slicing off the last position
+    instead would copy all B*T*V values), and targets (B*T,): labels[:, 1:] with IGNORE_INDEX
+    appended to each row, so each row's last position trains nothing.
     """
     vocab = logits.size(-1)
-    return logits[:, :-1, :].reshape(-1, vocab), labels[:, 1:].reshape(-1)
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return logits.reshape(-1, vocab), targets.reshape(-1)
+
+
+def trained_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits rows that predict a trained token, and those tokens: (N, V) and (N,).
+
+    Only these rows are cast and scored: with prompts masked, a fraction of B*T*V.
+    """
+    flat_logits, targets = shift_for_next_token(logits, labels)
+    keep = targets != IGNORE_INDEX
+    if bool(keep.all()):
+        return flat_logits, targets
+    return flat_logits[keep], targets[keep]
 
 
 def sum_token_cross_entropy(
@@ -33,15 +48,9 @@ def sum_token_cross_entropy(
     (label smoothing, Szegedy et al. 2016, eq. for q'(k)), computed in fp32.
     Returns (loss_sum: scalar tensor, n_tokens: scalar long tensor).
     """
-    flat_logits, targets = shift_for_next_token(logits, labels)
-    loss_sum = F.cross_entropy(
-        flat_logits.float(),
-        targets,
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
-    return loss_sum, (targets != IGNORE_INDEX).sum()
+    rows, targets = trained_rows(logits, labels)
+    loss_sum = F.cross_entropy(rows.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    return loss_sum, torch.tensor(targets.numel(), device=targets.device)
 
 
 def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +59,7 @@ def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     Counts, not a ratio, so ranks and micro-batches can be summed before dividing.
     logits: (B, T, V); labels: (B, T). Returns two scalar long tensors.
     """
-    flat_logits, targets = shift_for_next_token(logits, labels)
+    flat_logits, targets = shift_for_next_token(logits, labels)  # a view: argmax reads, copies nothing
     trained = targets != IGNORE_INDEX
     correct = (flat_logits.argmax(dim=-1) == targets) & trained
     return correct.sum(), trained.sum()
