@@ -144,10 +144,12 @@ def iter_read(cfg: PipelineConfig) -> Iterator[dict | Reject]:
     depend on where the course lies or on the working directory.
     """
     rid = 0
-    for path, rel in _input_files(Path(cfg.input), cfg.read.skip_globs):
-        off_course = _matches(rel, cfg.read.off_course_globs)
+    roster = load_roster(cfg.pii.roster) if cfg.pii.roster else None
+    for path, found in _input_files(Path(cfg.input), cfg.read.skip_globs):
+        off_course = _matches(found, cfg.read.off_course_globs)
+        rel = private_source(found, roster)
         rejects: list[Reject] = []
-        if off_course or _matches(rel, cfg.read.qa_globs):
+        if off_course or _matches(found, cfg.read.qa_globs):
             records = (qa_record(pair, 0, off_course) for pair in read_qa(path, rejects))
         else:
             records = (doc_record(doc, 0) for doc in read_course_file(path, rejects))
@@ -157,6 +159,22 @@ def iter_read(cfg: PipelineConfig) -> Iterator[dict | Reject]:
             yield from (Reject(rel, r.line, r.reason, r.record) for r in rejects)
             rejects.clear()
         yield from (Reject(rel, r.line, r.reason, r.record) for r in rejects)
+
+
+def private_source(rel: str, roster: Roster | None = None) -> str:
+    """`rel` with PII in its file and folder names replaced, so that no output (records, rejects,
+    card.json) carries a student's name, phone or email through a path ("hw/13812345678_report.md"
+    -> "hw/<PHONE>_report-1c2d3e.md"). A changed path gets a short hash of the original so two
+    scrubbed files never share a source name (chunks group by source)."""
+    import hashlib
+
+    parts = rel.split("/")
+    stem, dot, ext = parts[-1].rpartition(".") if "." in parts[-1] else (parts[-1], "", "")
+    clean = [scrub(p, roster).text for p in parts[:-1]] + [scrub(stem, roster).text]
+    if clean == parts[:-1] + [stem]:
+        return rel
+    tag = hashlib.blake2b(rel.encode("utf-8"), digest_size=3).hexdigest()
+    return "/".join(clean[:-1] + [f"{clean[-1]}-{tag}{dot}{ext}"])
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool):

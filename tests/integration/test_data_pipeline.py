@@ -18,7 +18,7 @@ from tests.conftest import REPO
 from ta_data.demo import COURSE_DIR
 
 PLANTED = {
-    "PHONE": ["13812345678", "+86 139-1234-5678", "１５９１２３４５６７８"],
+    "PHONE": ["13812345678", "+86 139-1234-5678", "１５９１２３４５６７８", "13700001111"],
     "EMAIL": ["zhang.wei@pku.edu.cn", "lm2021＠163.com", "ta.help [at] mails.tsinghua.edu.cn"],
     "ID_CARD": ["11010519491231002X", "440308199901010012"],
     "STUDENT_ID": ["2021123456", "2019004211", "PB20000001"],
@@ -49,6 +49,11 @@ QA_LOG = [
 # Rejected whole by the clean stage (confidential) and by quality (too short): their rejects must be scrubbed too.
 CONFIDENTIAL = "# 讲义\n\n【内部资料】\n\n身份证号440308199901010012，电话13812345678，这份讲义不得外传，仅供助教使用。\n"
 SHORT = "学号 2021123456\n"
+HOMEWORK = """# 作业一
+
+梯度下降每一步沿着负梯度方向更新参数，学习率决定了每一步走多远。学习率太大时损失会发散，太小时收敛很慢。
+请用自己的话解释为什么特征缩放能让梯度下降收敛得更快，并给出一个均方误差损失的例子。
+"""
 
 
 def _id_card_ok() -> None:
@@ -65,6 +70,10 @@ def make_course(root: Path) -> Path:
     (course / "qa_log.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in QA_LOG), encoding="utf-8")
     (course / "internal.md").write_text(CONFIDENTIAL, encoding="utf-8")
     (course / "short.txt").write_text(SHORT, encoding="utf-8")
+    # PII in file and folder names: sources, reject files and card.json keys must not carry it
+    (course / "homework").mkdir()
+    (course / "homework" / "13700001111_王小明同学.md").write_text(HOMEWORK, encoding="utf-8")
+    (course / "homework" / "zhang.wei@pku.edu.cn.txt").write_text(SHORT, encoding="utf-8")
     return course
 
 
