@@ -98,4 +98,6 @@ def _fill(version: Version, run: Run, wanted: list[str], quants: Sequence[str], 
         if "ollama" in wanted:
             modelfile = write_modelfile(version.path, ollama_gguf(files), tokenizer, run.cfg)
             lines = ollama_commands(ollama_name(run, version), modelfile)
+    if "merged" not in wanted:  # only the GGUF's source: versions are never rewritten, so drop it now
+        shutil.rmtree(merged)
     return lines

@@ -100,6 +100,19 @@ class GuardCallback(L.Callback):
         self._keep_good(trainer, stats.step)
         self._check_spike(trainer, pl_module, stats)
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """DeepSpeed holds the gradients in its engine (grad_norm() above sees none): check the
+        engine's global norm once it stepped, before ModelCheckpoint (Lightning runs it last) saves."""
+        if not (trainer.strategy.handles_gradient_accumulation and bool(batch.get("window_end", True))):
+            return
+        from ta_train.zero import engine_grad_norm
+
+        norm = engine_grad_norm(trainer)
+        stats = pl_module.last_step
+        if norm is None or math.isfinite(norm) or self.precision == "16-mixed" or stats is None:
+            return  # under fp16 DeepSpeed's loss scaler skips the step itself
+        self._stop(trainer, f"the gradient norm is {norm} (loss {stats.loss:.4f})", stats.example_ids, self._nonfinite_causes())
+
     def _keep_good(self, trainer: Any, step: int) -> None:
         """last.ckpt holds the weights this step just ran without trouble: hard-link it as last-good.ckpt
         (no copy; the atomic writer replaces last.ckpt by rename, so the link keeps the old file)."""

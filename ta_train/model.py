@@ -191,9 +191,13 @@ def build_model(cfg: TrainConfig, vocab_size: int | None = None) -> Any:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+    """(trainable, total) parameter counts; ZeRO-3 placeholders count their full size (`ds_numel`)."""
+
+    def size(p: Any) -> int:
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(size(p) for p in model.parameters())
+    return sum(size(p) for p in model.parameters() if p.requires_grad), total
 
 
 def save_hf(model: Any, tokenizer: Any, out_dir: Path, state_dict: dict[str, Any] | None = None) -> Path:

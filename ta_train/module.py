@@ -31,6 +31,15 @@ class StepStats:
     nonfinite_ids: list[int] = field(default_factory=list)  # rows of micro-batches whose loss was NaN/inf
 
 
+def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any) -> torch.Tensor:
+    """The global L2 norm from each rank's norm of its gradient shard: sqrt(sum over ranks of norm^2).
+
+    Every rank gets the same value, so guards that stop on a non-finite norm stop on every rank
+    together (a stop on one rank alone would leave the others waiting in the next collective).
+    """
+    return reduce_sum(local_norm.float() ** 2).sqrt()
+
+
 class CausalLMModule(L.LightningModule):
     """Token-weighted SFT loss over each optimizer step, AdamW + warmup-cosine, train/val metrics.
 
@@ -131,8 +140,16 @@ class CausalLMModule(L.LightningModule):
             return self._grad_norm_cache[1]
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+        if self._shards_gradients():  # FSDP: each rank holds a slice; every rank must join the reduce
+            local = norm if norm is not None else torch.zeros((), device=self.device)
+            norm = combine_shard_norms(local, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
         self._grad_norm_cache = (self._micro_batches, norm)
         return norm
+
+    def _shards_gradients(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.trainer.strategy.handles_gradient_accumulation:  # DeepSpeed: see on_train_batch_end

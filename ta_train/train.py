@@ -166,7 +166,9 @@ def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) ->
         from ta_train.zero import gathered_state_dict
 
         # ZeRO-3 leaves Size([0]) placeholders in the module: every rank joins the gather, rank 0 writes
-        state = gathered_state_dict(module.model, trainable_only=cfg.peft.method != PeftMethod.none)
+        state = gathered_state_dict(
+            module.model, trainable_only=cfg.peft.method != PeftMethod.none, keep=trainer.is_global_zero
+        )
     if not trainer.is_global_zero:
         return hf_dir
     if cfg.model.random_init and cfg.peft.method != PeftMethod.none:
@@ -226,7 +228,11 @@ def run(cfg: TrainConfig) -> float | None:
         "stop_reason": stop_reason(trainer) or "finished",
         "final_val_loss": final,
     }
-    if cfg.demo.question and trainer.is_global_zero:
+    # Generation on rank 0 alone would hang where a forward needs every rank (ZeRO-3, FSDP).
+    sharded = (cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage == 3) or cfg.strategy.name == "fsdp"
+    if cfg.demo.question and sharded:
+        log.info("demo answers skipped: strategy %s shards the weights (load the saved %s to ask)", cfg.strategy.name, hf_dir.name)
+    if cfg.demo.question and trainer.is_global_zero and not sharded:
         summary["demo_question"] = cfg.demo.question
         if cfg.peft.method != PeftMethod.none:
             summary["base_answer"] = answer(module, tokenizer, cfg.demo.question, cfg, base=True)

@@ -115,12 +115,14 @@ def is_zero3_partitioned(param: Any) -> bool:
     return hasattr(param, "ds_id")
 
 
-def gathered_state_dict(model: Any, trainable_only: bool = True) -> dict[str, Any]:
+def gathered_state_dict(model: Any, trainable_only: bool = True, keep: bool = True) -> dict[str, Any]:
     """Full CPU copies of the model's (trainable) parameters, gathered when ZeRO-3 partitioned them.
 
     Every rank must call it (the gather is a collective); each parameter is gathered alone, so at
-    most one full tensor is on the device at a time. Raises RuntimeError if a tensor is still empty
-    after the gather (the `Size([0])` adapter that other frameworks save under ZeRO-3).
+    most one full tensor is on the device at a time. `keep=False` (every rank but the writer) joins
+    the gathers but keeps no copy, so host RAM holds one full copy per node's writer, not one per rank.
+    Raises RuntimeError if a kept tensor is still empty after the gather (the `Size([0])` adapter
+    that other frameworks save under ZeRO-3).
     """
     state: dict[str, Any] = {}
     for name, p in model.named_parameters():
@@ -130,8 +132,9 @@ def gathered_state_dict(model: Any, trainable_only: bool = True) -> dict[str, An
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                state[name] = p.detach().to("cpu", copy=True)
-        else:
+                if keep:
+                    state[name] = p.detach().to("cpu", copy=True)
+        elif keep:
             state[name] = p.detach().to("cpu", copy=True)
     empty = [n for n, t in state.items() if t.numel() == 0]
     if empty:

@@ -146,7 +146,9 @@ def test_export_with_gguf_writes_a_modelfile_for_ollama(lora_run, tmp_path):
     pytest.importorskip("ta_export.gguf", reason="GGUF export (ta_export.gguf) is not in this checkout")
     from ta_export.export import export_run
 
-    version, lines = export_run(lora_run, formats=["merged", "gguf", "ollama"], quants=["f16"], output=tmp_path / "e", progress=False)
+    version, lines = export_run(lora_run, formats=["gguf", "ollama"], quants=["f16"], output=tmp_path / "e", progress=False)
+    # merged/ was only the GGUF's source: not kept in a version that did not ask for it
+    assert not (version.path / "merged").exists() and not any(f.startswith("merged/") for f in version.manifest["files"])
     text = (version.path / "Modelfile").read_text()
     assert "FROM ./model-f16.gguf" in text and "PARAMETER num_ctx 256" in text
     assert 'SYSTEM """You are the teaching assistant of an intro machine-learning course.' in text

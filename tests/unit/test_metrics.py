@@ -142,3 +142,16 @@ def test_overfit_stopping_needs_val_stalled_and_train_falling():
     stop, reason = evaluate(overfit, 2.3, [2.0, 1.8])
     assert stop and reason.startswith("overfitting: val/loss has not improved on its best 2.0000 for 2 validations")
     assert "train loss fell from 2.9500 to 1.9000" in reason
+
+
+def test_shard_norms_combine_into_the_norm_of_all_gradients():
+    import torch
+
+    from ta_train.module import combine_shard_norms
+
+    shards = [torch.randn(7), torch.randn(5), torch.randn(3)]
+    local = [torch.linalg.vector_norm(s) for s in shards]
+    # every rank sees the sum over ranks, as strategy.reduce(..., "sum") gives it
+    total = sum(n.float() ** 2 for n in local)
+    combined = combine_shard_norms(local[0], lambda t: total)
+    assert torch.allclose(combined, torch.linalg.vector_norm(torch.cat(shards)))

@@ -177,3 +177,23 @@ def test_fit_applies_the_hw_env(make_cfg, monkeypatch):
     import os
 
     assert os.environ["TA_TEST_ENV"] == "from-hw"
+
+
+def test_gathered_state_dict_keeps_nothing_on_ranks_that_do_not_write():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    assert gathered_state_dict(model, keep=False) == {}
+    assert set(gathered_state_dict(model, keep=True)) == {"0.weight", "0.bias"}
+
+
+def test_count_parameters_counts_zero3_placeholders_at_full_size():
+    import torch
+
+    from ta_train.model import count_parameters
+
+    model = torch.nn.Linear(4, 3)
+    placeholder = torch.nn.Parameter(torch.empty(0))
+    placeholder.ds_numel = 12  # what deepspeed.zero.Init leaves: an empty shard that knows its size
+    model.weight = placeholder
+    assert count_parameters(model) == (15, 15)
