@@ -96,3 +96,12 @@ def test_single_chapter_falls_back_to_off_course_and_errors_are_clear() -> None:
         make_refusals([], OFF_COURSE, n_course=10)
     with pytest.raises(ValueError, match="share"):
         make_refusals(one, OFF_COURSE, share=1.0)
+
+
+def test_mixed_questions_pick_the_language_without_lingua(monkeypatch):
+    """CI installs no lingua: the script fallback alone must still answer Chinese questions in Chinese."""
+    import ta_data.quality as quality
+
+    monkeypatch.setattr(quality, "_lingua_detector", lambda: None)
+    assert refusal_text("什么是 learning rate 衰减？") == REFUSAL_ZH
+    assert refusal_text("What does 张量 mean in PyTorch?") == REFUSAL_EN
