@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ta_data.chunk import Chunk
-from ta_data.quality import detect_language
 from ta_data.synth import KeyQuestion, as_chunk, key_questions, record
 from ta_data.synth_text import chunk_language
 
@@ -43,9 +42,10 @@ def refusal_count(n_course: int, share: float) -> int:
 
 
 def refusal_text(question: str) -> str:
-    """The refusal in ``question``'s language (zh when it is mostly Chinese, else en)."""
-    lang, _ = detect_language(question)
-    return REFUSAL_ZH if chunk_language(lang, question) == "zh" else REFUSAL_EN
+    """The refusal in ``question``'s language: zh when its Chinese characters at least match its Latin
+    words, else en. Script counts only (not the optional lingua), so the output is the same on every
+    machine."""
+    return REFUSAL_ZH if chunk_language("mixed", question) == "zh" else REFUSAL_EN
 
 
 def _refusal(question: str, context: Chunk, origin: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,16 @@ def test_wandb_offline_run_has_grouped_metrics_config_plan_and_adapter(make_cfg,
     run_dirs = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
     assert {"plan.json", "data_stats.json"} <= {p.name for p in (run_dirs[0] / "files").iterdir()}
+    # wandb-core writes the .wandb file from its own process; on a busy machine the history records
+    # can land after wandb.finish() returns, so read until they are there (30 s at most)
+    deadline = time.monotonic() + 30
+    while True:
+        records = wandb_records(next(run_dirs[0].glob("run-*.wandb")))
+        if any(r.WhichOneof("record_type") == "history" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     history, config, axes, artifacts = set(), set(), {}, {}
-    for r in wandb_records(next(run_dirs[0].glob("run-*.wandb"))):
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "history":
             history |= {i.key or "/".join(i.nested_key) for i in r.history.item}

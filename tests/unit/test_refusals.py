@@ -1,6 +1,8 @@
 """Stage 8 (refusals): share, language, A/B context mismatch, determinism."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ta_data.chunk import Chunk, ChunkConfig, chunk_documents
@@ -47,7 +49,12 @@ def test_refusal_is_in_the_question_language(chunks: list[Chunk]) -> None:
     assert refusal_text("张量是什么？") == REFUSAL_ZH
     assert refusal_text("什么是 learning rate 衰减？") == REFUSAL_ZH
     for rec in make_refusals(chunks, OFF_COURSE, share=0.1, n_course=300):
-        zh = any("\u4e00" <= ch <= "\u9fff" for ch in rec["instruction"])
+        # a naive reference: Chinese when its Chinese characters at least match its English words
+        # ("How does the material describe 划分?" is an English question)
+        text = rec["instruction"]
+        cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+        words = len(re.findall(r"[A-Za-z]+", text))
+        zh = cjk > 0 and cjk >= words
         assert rec["output"] == (REFUSAL_ZH if zh else REFUSAL_EN), rec["instruction"]
 
 
