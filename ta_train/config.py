@@ -272,6 +272,41 @@ class PerfConfig:
 
     measure_peak: bool = False  # time a matmul at start-up and report MFU against it (CPU: the only MFU)
     gpu_util: bool = True  # perf/gpu_util from NVML when nvidia-ml-py is installed
+    # Regional torch.compile (ta_train.regional_compile): every decoder layer compiled in place, so
+    # RMSNorm, rotary, SiLU*mul, residual adds and casts fuse; the first steps include compile time.
+    compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    # None: static shapes first, dynamic after the first length change (one recompile); True: dynamic
+    # from the start; False: static, one compile per sequence length (only with fixed lengths)
+    compile_dynamic: Optional[bool] = None
+    compile_backend: str = "inductor"  # inductor | aot_eager (no generated kernels: debugging) | eager (dynamo only)
+
+    def __post_init__(self) -> None:
+        _check_choice("perf.compile_mode", self.compile_mode, COMPILE_MODES)
+        _check_choice("perf.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
+        if self.compile_mode != "default" and self.compile_backend != "inductor":
+            raise ValueError(f"perf.compile_mode={self.compile_mode} needs perf.compile_backend=inductor, got {self.compile_backend}")
+
+
+# torch.compile's modes (torch._inductor.list_mode_options); cudagraph modes only act on CUDA
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_refusal(perf: PerfConfig, strategy: StrategyConfig) -> Optional[str]:
+    """Why perf.compile cannot run with this strategy, or None when it can.
+
+    ZeRO-3 and FSDP gather each layer's sharded parameters in module hooks around its forward and
+    free them after; inside a compiled layer dynamo would trace those hooks (DeepSpeed's partition
+    bookkeeping, FSDP's flat-parameter views) as part of the graph, which is unsupported through
+    Lightning's strategies. ZeRO-1/2, DDP and a single device keep whole parameters: allowed.
+    """
+    if not perf.compile:
+        return None
+    if strategy.name == "fsdp":
+        return "perf.compile=true is not supported with strategy=fsdp (its parameter hooks break the compiled layers); use ddp or deepspeed ZeRO-1/2"
+    if strategy.name == "deepspeed" and strategy.zero_stage == 3:
+        return "perf.compile=true is not supported with DeepSpeed ZeRO-3 (its parameter gathering hooks break the compiled layers); use ZeRO-1/2"
+    return None
 
 
 @dataclass
@@ -320,6 +355,11 @@ class TrainConfig:
     run_dir: str = MISSING  # Hydra's output dir for the run
     ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint ("last" = the run's last)
     cache_dir: str = "~/.cache/ta"  # converted offline models live here
+
+    def __post_init__(self) -> None:
+        refusal = compile_refusal(self.perf, self.strategy) if isinstance(self.strategy, StrategyConfig) else None
+        if refusal:
+            raise ValueError(refusal)
 
 
 def register_configs() -> None:

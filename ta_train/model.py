@@ -155,7 +155,7 @@ def build_base_model(cfg: TrainConfig) -> Any:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int | None = None) -> Any:
-    """Base model + gradient checkpointing + LoRA/QLoRA adapters, ready to train.
+    """Base model + gradient checkpointing + LoRA/QLoRA adapters (+ compiled layers), ready to train.
 
     vocab_size: the tokenizer's length; the embeddings grow to it when a token was added.
     """
@@ -176,18 +176,22 @@ def build_model(cfg: TrainConfig, vocab_size: int | None = None) -> Any:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         if cfg.peft.method != PeftMethod.none:
             model.enable_input_require_grads()  # frozen embeddings would cut the graph otherwise
-    if cfg.peft.method == PeftMethod.none:
-        return model
-    from peft import LoraConfig, get_peft_model
+    if cfg.peft.method != PeftMethod.none:
+        from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(
-        r=cfg.peft.r,
-        lora_alpha=cfg.peft.alpha,
-        lora_dropout=cfg.peft.dropout,
-        target_modules=list(cfg.peft.target_modules or cfg.model.lora_target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+        lora = LoraConfig(
+            r=cfg.peft.r,
+            lora_alpha=cfg.peft.alpha,
+            lora_dropout=cfg.peft.dropout,
+            target_modules=list(cfg.peft.target_modules or cfg.model.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    if cfg.perf.compile:  # last: the compiled layers include the checkpointing and the adapters
+        from ta_train.regional_compile import compile_decoder_layers
+
+        compile_decoder_layers(model, cfg.perf, cfg.strategy)
+    return model
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -102,7 +102,13 @@ def answer(module: Any, tokenizer: Any, question: str, cfg: TrainConfig, *, base
     model = module.model
     model.eval()
     adapter_off = model.disable_adapter() if base else contextlib.nullcontext()
-    with torch.no_grad(), adapter_off:
+    # compiled layers (perf.compile) would recompile for every generated token's new shape
+    stance = contextlib.nullcontext()
+    if cfg.perf.compile:
+        from ta_train.regional_compile import eager_stance
+
+        stance = eager_stance()
+    with torch.no_grad(), adapter_off, stance:
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
