@@ -4,6 +4,12 @@ FlashAttention-2 (when installed), DeepSpeed ZeRO-2, with MFU and peak memory ag
     bash bench/gpu_check.sh                 # all cases, a markdown table on stdout
     python bench/gpu_check.py case full_bf16 --out /tmp/x.json   # one case (what the table runs)
     python bench/gpu_check.py all --device cpu --shape tiny       # smoke test of the script itself
+    bash bench/gpu_check.sh --cases kernels,full_bf16,full_bf16_compile,lora_bf16,lora_bf16_compile
+
+The `*_compile` cases (perf.compile=true: every decoder layer compiled by inductor) are not in the
+default list (they add compile time; the whole default run stays under 10 minutes): name them with
+--cases. Their first steps compile, so they warm up for WARMUP_COMPILE steps (each warm-up step's
+seconds are in `warmup_step_s`) and get COMPILE_EXTRA_S more seconds of time limit.
 
 Every training case goes through the real framework: Hydra compose of conf/train.yaml, the memory
 plan (ta_train.plan), and `ta_train.train.fit` (data module, CausalLMModule, Lightning Trainer). The
@@ -38,6 +44,9 @@ SHAPES = {
 }
 SEQ = {"1b": 2048, "tiny": 128}
 WARMUP, TIMED = 3, 10
+# compiled cases: step 1 compiles the layer's forward and backward (one graph for all 16 layers),
+# later warm-up steps absorb autotuning or a recompile; timing starts after these
+WARMUP_COMPILE, COMPILE_EXTRA_S = 5, 240
 
 # name -> overrides on top of the shape, the gpu/cpu device settings and the data
 CASES: dict[str, list[str]] = {
@@ -47,7 +56,14 @@ CASES: dict[str, list[str]] = {
     "qlora_bf16": ["peft=qlora", "precision=bf16-mixed", "batch.micro_size=8"],
     "lora_fa2": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "model.attn_implementation=flash_attention_2"],
     "full_zero2": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "strategy=deepspeed_zero2"],
+    "full_bf16_compile": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "perf.compile=true"],
+    "lora_bf16_compile": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "perf.compile=true"],
 }
+OPT_IN = {"full_bf16_compile", "lora_bf16_compile"}  # not run unless named in --cases
+
+
+def warmup_steps(name: str) -> int:
+    return WARMUP_COMPILE if name.endswith("_compile") else WARMUP
 NEEDS = {"qlora_bf16": "bitsandbytes", "lora_fa2": "flash_attn", "full_zero2": "deepspeed"}
 
 
@@ -72,7 +88,7 @@ def write_data(path: Path, rows: int, words: int, seed: int = 0) -> None:
 def case_overrides(name: str, shape_name: str, device: str, data: Path) -> list[str]:
     shape = SHAPES[shape_name]
     arch = [f"model.arch.{k}={v}" for k, v in shape.items()]
-    steps = WARMUP + TIMED
+    steps = warmup_steps(name) + TIMED
     micro = next(int(o.split("=")[1]) for o in CASES[name] if o.startswith("batch.micro_size="))
     hw = ["+hw=h200"] if device == "cuda" else ["+hw=cpu", "hw.peak_tflops=0"]
     return [
@@ -112,8 +128,9 @@ def make_timer(warmup: int):
         """Wall time and tokens of the optimizer steps after `warmup`, CUDA-synchronized."""
 
         def __init__(self) -> None:
-            self.t0 = self.t1 = 0.0
+            self.t0 = self.t1 = self.t_step = 0.0
             self.tokens = self.trained = 0
+            self.warmup_s: list[float] = []  # seconds of each warm-up step (compilation shows here)
 
         def _sync(self) -> None:
             if torch.cuda.is_available():
@@ -123,7 +140,14 @@ def make_timer(warmup: int):
             # a benchmark writes no multi-GB checkpoints
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
 
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step < warmup:
+                self.t_step = time.perf_counter()
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step <= warmup and len(self.warmup_s) < warmup:
+                self._sync()
+                self.warmup_s.append(time.perf_counter() - self.t_step)
             if trainer.global_step < warmup:
                 return
             if trainer.global_step == warmup and not self.t0:
@@ -156,7 +180,8 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
     plan = plan_for(cfg)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    timer = make_timer(WARMUP)
+    warmup = warmup_steps(name)
+    timer = make_timer(warmup)
     trainer, module, _ = fit(cfg, extra_callbacks=[timer])
     seconds = timer.t1 - timer.t0
     tok_s = timer.tokens / seconds
@@ -165,14 +190,19 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         adapter = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     flops = train_flops_per_token(cfg.model.arch, cfg.data.max_seq_len, adapter)
     out = {
-        "case": name, "ok": True, "steps_timed": trainer.global_step - WARMUP, "seconds": round(seconds, 3),
+        "case": name, "ok": True, "steps_timed": trainer.global_step - warmup, "seconds": round(seconds, 3),
+        "warmup_step_s": [round(x, 2) for x in timer.warmup_s],
         "tokens_per_s": round(tok_s), "trained_share": round(timer.trained / max(timer.tokens, 1), 3),
         "tflops": round(tok_s * flops / 1e12, 1), "mfu": mfu(tok_s, flops, cfg.hw.peak_tflops),
         "micro_batch": cfg.batch.micro_size, "seq": cfg.data.max_seq_len,
         "attn": module.model.config._attn_implementation, "plan_peak_gib": plan.peak_gib,
         "plan_breakdown": plan.breakdown, "plan_fits": plan.fits, "loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
     }
-    out.update(logged_perf(Path(cfg.run_dir) / "metrics.csv"))
+    out.update(logged_perf(Path(cfg.run_dir) / "metrics.csv", warmup))
+    if cfg.perf.compile:  # graphs dynamo captured; more than one per direction means recompiles
+        import torch._dynamo.utils
+
+        out["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     if device == "cuda":
         gib = 2**30
         out["max_allocated_gib"] = round(torch.cuda.max_memory_allocated() / gib, 2)
@@ -182,7 +212,7 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
     return out
 
 
-def logged_perf(csv_path: Path) -> dict:
+def logged_perf(csv_path: Path, warmup: int = WARMUP) -> dict:
     """The run's own live perf/* metrics (ta_train.throughput), median over the timed steps."""
     import csv
     import statistics
@@ -192,7 +222,7 @@ def logged_perf(csv_path: Path) -> dict:
     rows = list(csv.DictReader(csv_path.open()))
     out = {}
     for key in ("perf/mfu", "perf/tokens_per_s", "perf/max_memory_gb"):
-        values = [float(r[key]) for r in rows[WARMUP:] if r.get(key) not in (None, "")]
+        values = [float(r[key]) for r in rows[warmup:] if r.get(key) not in (None, "")]
         if values:
             out["logged_" + key.split("/")[1]] = round(statistics.median(values), 4)
     return out
@@ -308,7 +338,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--timeout", type=int, default=150, help="seconds per case")
-    ap.add_argument("--cases", default=",".join(["kernels", *CASES]))
+    ap.add_argument("--cases", default=",".join(["kernels", *(c for c in CASES if c not in OPT_IN)]))
     ap.add_argument("--json", default=None, help="also write all results here")
     args = ap.parse_args()
     if args.what == "case":
@@ -316,8 +346,8 @@ def main() -> int:
     import importlib.util
 
     WORK.mkdir(parents=True, exist_ok=True)
-    # (warmup + timed) x micro-batch 8 = 104 rows: the epoch never ends inside the timed window
-    write_data(WORK / "data" / f"{args.shape}.jsonl", rows=120, words=1800 if args.shape == "1b" else 120)
+    # (warmup + timed) x micro-batch 8 = 104 rows (120 compiled): the epoch never ends inside the timed window
+    write_data(WORK / "data" / f"{args.shape}.jsonl", rows=140, words=1800 if args.shape == "1b" else 120)
     results = []
     for name in args.cases.split(","):
         need = NEEDS.get(name)
@@ -330,11 +360,12 @@ def main() -> int:
         cmd = [sys.executable, __file__, "case", name, "--shape", args.shape, "--device", args.device, "--out", str(out)]
         print(f"== {name}", flush=True)
         t = time.perf_counter()
+        limit = args.timeout + (COMPILE_EXTRA_S if name.endswith("_compile") else 0)
         try:
-            subprocess.run(cmd, timeout=args.timeout, check=False)
+            subprocess.run(cmd, timeout=limit, check=False)
         except subprocess.TimeoutExpired:
             pass
-        result = json.loads(out.read_text()) if out.exists() else {"case": name, "ok": False, "error": f"no result within {args.timeout} s"}
+        result = json.loads(out.read_text()) if out.exists() else {"case": name, "ok": False, "error": f"no result within {limit} s"}
         result["wall_s"] = round(time.perf_counter() - t, 1)
         print(json.dumps(result, default=str), flush=True)
         results.append(result)
