@@ -22,9 +22,9 @@ state. Micro-batches padded to their longest row change the sequence length: wit
 `perf.compile_dynamic=null` (torch's default) the first change recompiles once into a
 dynamic-length graph that serves every later length; validation (no grad, eval) compiles its own.
 `data.packing=true` rows are mostly the full `data.max_seq_len`, so shapes rarely change.
-`compile_dynamic=false` compiles once per length and stops compiling after torch's recompile limit
-(`torch._dynamo.config.recompile_limit`, 8), running later shapes eagerly: use it only with fixed
-lengths. Generation (the demo answer) changes shapes every token, so it runs eagerly
+Masks (a batch with or without padding) and LoRA's first layer (its input needs no grad) add
+variants, so the recompile limit is raised to RECOMPILE_LIMIT. `compile_dynamic=false` compiles once
+per length and, past that limit, runs later shapes eagerly: use it only with fixed lengths. Generation (the demo answer) changes shapes every token, so it runs eagerly
 (`eager_stance`).
 """
 from __future__ import annotations
@@ -36,6 +36,12 @@ from typing import Any, Iterator
 from ta_train.config import PerfConfig, StrategyConfig, compile_refusal
 
 log = logging.getLogger(__name__)
+
+# Compiled variants one shared layer function may need: {static, dynamic length} x {attention mask
+# or none (a micro-batch without padding)} x {training, validation without grad} x {first layer's
+# input without grad (LoRA: frozen embeddings), later layers' with}: 16, plus margin. torch's
+# default (8) was hit by a tiny LoRA run with padding and validation; past it layers run eagerly.
+RECOMPILE_LIMIT = 32
 
 
 def decoder_layers(model: Any) -> list[Any]:
@@ -80,6 +86,11 @@ def compile_decoder_layers(model: Any, perf: PerfConfig, strategy: StrategyConfi
     kwargs: dict[str, Any] = {"backend": perf.compile_backend, "dynamic": perf.compile_dynamic}
     if perf.compile_backend == "inductor":
         kwargs["mode"] = perf.compile_mode
+    import torch._dynamo
+
+    dyn = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
+    setattr(dyn, name, max(getattr(dyn, name), RECOMPILE_LIMIT))
     for layer in layers:
         layer.compile(**kwargs)
     log.info(
