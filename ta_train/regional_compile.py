@@ -21,11 +21,12 @@ Recompiles: a graph is specialized to its input shapes, grad mode, train/eval mo
 state. Micro-batches padded to their longest row change the sequence length: with
 `perf.compile_dynamic=null` (torch's default) the first change recompiles once into a
 dynamic-length graph that serves every later length; validation (no grad, eval) compiles its own.
-`data.packing=true` rows are mostly the full `data.max_seq_len`, so shapes rarely change.
-Masks (a batch with or without padding) and LoRA's first layer (its input needs no grad) add
-variants, so the recompile limit is raised to RECOMPILE_LIMIT. `compile_dynamic=false` compiles once
-per length and, past that limit, runs later shapes eagerly: use it only with fixed lengths. Generation (the demo answer) changes shapes every token, so it runs eagerly
-(`eager_stance`).
+`data.packing=true` fills rows towards `data.max_seq_len`, but a micro-batch is still padded to its
+longest row, so lengths vary too. Masks (a batch with or without padding) and LoRA's first layer
+(its input needs no grad) add variants, so the recompile limit is raised to RECOMPILE_LIMIT.
+`compile_dynamic=false` compiles once per length and, past that limit, runs later shapes eagerly:
+use it only with fixed lengths. Generation (the demo answer) changes shapes every token, so it runs
+eagerly (`eager_stance`).
 """
 from __future__ import annotations
 
