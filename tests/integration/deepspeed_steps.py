@@ -27,6 +27,9 @@ from tests.conftest import FAST, compose
 SCENARIOS = {
     "zero2_offload": ["strategy=deepspeed_zero2", "strategy.offload_optimizer=true"],
     "zero3": ["strategy=deepspeed_zero3"],
+    # perf.compile under ZeRO-2 (aot_eager: the traced graph without C++ compilation)
+    "zero2_offload_compile": ["strategy=deepspeed_zero2", "strategy.offload_optimizer=true", "perf.compile=true",
+                              "perf.compile_backend=aot_eager"],
 }
 
 

@@ -1,5 +1,5 @@
-"""DeepSpeed on CPU: one real ZeRO-2 + CPU-offload step and one ZeRO-3 step with LoRA, and the
-ZeRO-3 adapter save (gathered, full shapes) against a plain save (Size([0]) placeholders).
+"""DeepSpeed on CPU: one real ZeRO-2 + CPU-offload step (eager, and with perf.compile's compiled
+layers) and one ZeRO-3 step with LoRA, and the ZeRO-3 adapter save (gathered, full shapes) against a plain save (Size([0]) placeholders).
 
 Runs tests/integration/deepspeed_steps.py in its own process (it initializes torch.distributed
 with gloo). Slow: ~20 s of CPU plus deepspeed's import, and the first run on a machine compiles
@@ -34,7 +34,7 @@ def steps(tmp_path_factory):
     return json.loads(line[len("RESULT "):]), out
 
 
-@pytest.mark.parametrize("scenario", ["zero2_offload", "zero3"])
+@pytest.mark.parametrize("scenario", ["zero2_offload", "zero3", "zero2_offload_compile"])
 def test_one_real_step_matches_plain_autograd(steps, scenario):
     r = steps[0][scenario]
     assert 0 < r["loss"] < 100
