@@ -1,5 +1,6 @@
 """DeepSpeed on CPU: one real ZeRO-2 + CPU-offload step (eager, and with perf.compile's compiled
-layers) and one ZeRO-3 step with LoRA, and the ZeRO-3 adapter save (gathered, full shapes) against a plain save (Size([0]) placeholders).
+layers) and one ZeRO-3 step with LoRA, and the ZeRO-3 adapter save (gathered, full shapes) against
+a plain save (Size([0]) placeholders).
 
 Runs tests/integration/deepspeed_steps.py in its own process (it initializes torch.distributed
 with gloo). Slow: ~20 s of CPU plus deepspeed's import, and the first run on a machine compiles
