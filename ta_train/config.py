@@ -272,6 +272,10 @@ class PerfConfig:
 
     measure_peak: bool = False  # time a matmul at start-up and report MFU against it (CPU: the only MFU)
     gpu_util: bool = True  # perf/gpu_util from NVML when nvidia-ml-py is installed
+    # lm_head + cross-entropy fused and chunked (ta_train.fused_ce): never holds the B*T x V logits;
+    # falls back (one log line) under FSDP / ZeRO-3, LoRA on lm_head, or an unlisted model type
+    fused_ce: bool = False
+    ce_chunk_rows: int = 4096  # trained rows per chunk: extra memory ~ rows x vocab x (4 + 2) bytes
 
 
 @dataclass

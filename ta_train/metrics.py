@@ -45,6 +45,11 @@ class TokenAccuracy(Metric):
         self.correct += correct.to(self.correct.device)
         self.total += total.to(self.total.device)
 
+    def update_counts(self, correct: torch.Tensor, total: torch.Tensor) -> None:
+        """Add counts computed elsewhere (the fused loss counts without logits, ta_train.fused_ce)."""
+        self.correct += correct.detach().to(self.correct.device, torch.long)
+        self.total += total.detach().to(self.total.device, torch.long)
+
     def compute(self) -> torch.Tensor:
         """correct / total as a float scalar; 0 when nothing was counted."""
         return self.correct.double() / max(int(self.total), 1)

@@ -1,6 +1,7 @@
 """`CausalLMModule`: supervised fine-tuning of a causal LM, one level under LightningModule."""
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,10 +10,12 @@ import lightning as L
 import torch
 
 from ta_train.config import PeftMethod, TrainConfig
-from ta_train.losses import sum_token_cross_entropy, window_scale
+from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
 from ta_train.metrics import TokenAccuracy
 from ta_train.model import build_model
 from ta_train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +69,8 @@ class CausalLMModule(L.LightningModule):
         self._grad_norm_cache: tuple[int, torch.Tensor | None] = (-1, None)
         self._data_position: tuple[int, int] | None = None  # (epoch, next micro-batch) to resume at
         self.resume_data_position: tuple[int, int] | None = None
+        self._fused: tuple[Any, Any] | None = None  # (decoder body, lm_head) under perf.fused_ce, else None
+        self._fused_checked = False  # _fused is decided on the first scored batch (the model exists by then)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -80,19 +85,60 @@ class CausalLMModule(L.LightningModule):
             use_cache=False,
         ).logits
 
+    def _score(self, batch: dict[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, ...]:
+        """(loss_sum, n_tokens, correct, total) over the batch's trained next-token positions.
+
+        Unfused: the model's full logits (B, T, V), ta_train.losses. With perf.fused_ce: the decoder
+        body's hidden states, the trained rows of them, and ta_train.fused_ce's chunked lm_head +
+        cross-entropy (no logits tensor; the same numbers up to float rounding).
+        """
+        labels = batch["labels"]
+        if not self._fused_checked:
+            self._fused, self._fused_checked = self._resolve_fused(), True
+        if self._fused is None:
+            logits = self(batch)
+            loss_sum, n_tokens = sum_token_cross_entropy(logits, labels, label_smoothing)
+            with torch.no_grad():
+                correct, total = token_accuracy_counts(logits.detach(), labels)
+            return loss_sum, n_tokens, correct, total
+        from ta_train.fused_ce import fused_linear_cross_entropy
+
+        body, head = self._fused
+        hidden = body(
+            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"), use_cache=False,
+        ).last_hidden_state
+        rows, targets = trained_rows(hidden, labels)  # (N, H): the shift works on any per-position tensor
+        loss_sum, n_tokens, correct = fused_linear_cross_entropy(
+            rows, head.weight, targets, head.bias, label_smoothing, self.cfg.perf.ce_chunk_rows
+        )
+        return loss_sum, n_tokens, correct, n_tokens
+
+    def _resolve_fused(self) -> tuple[Any, Any] | None:
+        """(decoder body, lm_head) when perf.fused_ce is on and applies to this model, else None (logged)."""
+        if not self.cfg.perf.fused_ce:
+            return None
+        from ta_train.fused_ce import fused_head
+
+        parts, why = fused_head(self.model, self.cfg.strategy.name, self.cfg.strategy.zero_stage)
+        if parts is None:
+            log.warning("perf.fused_ce: falling back to full logits: %s", why)
+        else:
+            log.info("perf.fused_ce: chunked lm_head + cross-entropy, %d rows per chunk (%s)", self.cfg.perf.ce_chunk_rows, why)
+        return parts
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if "position" in batch:  # after this batch, training resumes at (epoch, index + 1)
             epoch, index = (int(x) for x in batch["position"])
             self._data_position = (epoch, index + 1)
-        logits = self(batch)
-        loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], self.cfg.objective.label_smoothing)
+        loss_sum, n_tokens, correct, total = self._score(batch, self.cfg.objective.label_smoothing)
         window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
         # DeepSpeed's engine divides by its accumulation steps again (Lightning already has)
         engine_divides = self.trainer.strategy.handles_gradient_accumulation
         loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens, engine_divides)
         self._micro_batches += 1
         with torch.no_grad():
-            self.train_token_acc.update(logits, batch["labels"])
+            self.train_token_acc.update_counts(correct, total)
             micro_loss = loss_sum.detach().double().cpu()
             counts = batch["token_counts"].cpu().double() if "token_counts" in batch else torch.zeros(2, dtype=torch.float64)
             self._step_sums += torch.stack([micro_loss, n_tokens.cpu().double(), counts[0], counts[1]])
@@ -174,9 +220,8 @@ class CausalLMModule(L.LightningModule):
         self.val_token_acc.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch)
-        loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], label_smoothing=0.0)
-        self.val_token_acc.update(logits, batch["labels"])
+        loss_sum, n_tokens, correct, total = self._score(batch, label_smoothing=0.0)
+        self.val_token_acc.update_counts(correct, total)
         self._val_sums += torch.stack([loss_sum.double().cpu(), n_tokens.cpu().double()])
 
     def on_validation_epoch_end(self) -> None:

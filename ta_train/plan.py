@@ -86,6 +86,8 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         gradient_checkpointing=ckpt if ckpt is not None else cfg.gradient_checkpointing,
         attn=attn_implementation(cfg),
         optimizer=cfg.optim.name,
+        fused_ce=cfg.perf.fused_ce,
+        ce_chunk_rows=cfg.perf.ce_chunk_rows,
     )
 
 

@@ -71,6 +71,8 @@ class Setup:
     gradient_checkpointing: bool
     attn: str  # flash_attention_2 | sdpa | eager
     optimizer: str = "adamw"  # optim.name: adamw | adamw8bit | paged_adamw8bit
+    fused_ce: bool = False  # perf.fused_ce: chunked lm_head + cross-entropy (ta_train.fused_ce)
+    ce_chunk_rows: int = 4096  # perf.ce_chunk_rows
 
     @property
     def half(self) -> bool:
@@ -247,14 +249,45 @@ def activation_bytes(arch: ArchConfig, s: Setup) -> float:
     return arch.n_layers * layer + head
 
 
+def fused_ce_applies(s: Setup) -> bool:
+    """perf.fused_ce is on and the module will not fall back (ta_train.fused_ce.fused_head): no
+    FSDP, no ZeRO-3, no LoRA on lm_head. The model type is not known here (assumed supported)."""
+    sharded = s.strategy == "fsdp" or (s.strategy == "deepspeed" and s.zero_stage >= 3)
+    lora_head = s.method != "none" and "lm_head" in s.targets
+    return s.fused_ce and not sharded and not lora_head
+
+
+def fused_ce_bytes(arch: ArchConfig, s: Setup) -> float:
+    """Buffers of the fused, chunked loss (ta_train.fused_ce), bytes.
+
+    One chunk of min(ce_chunk_rows, tokens) rows: fp32 logits, reused in place as their gradient
+    (4 B), plus under half precision the half matmul output before the upcast, then the half cast
+    of the gradient (e B, one alive at a time): rows x vocab x (4 + e). Held from forward to
+    backward: grad of the hidden rows (tokens x h x resid bytes) and, when lm_head trains (full
+    fine-tune), the fp32 grad_W accumulator (vocab x h x 4) plus, under half precision, one chunk's
+    half G^T h product (vocab x h x e). Qwen2-7B full fine-tune, 8 x 2,048 tokens, bf16, 4,096 rows:
+    3.5 GiB (chunk) + 2.0 GiB (grad_W) + 1.0 GiB (G^T h) + 0.2 GiB (grad of h) = 6.7 GiB, against
+    32.5 GiB of full logits buffers.
+    """
+    tokens = s.micro_batch * s.seq_len
+    rows = min(s.ce_chunk_rows, tokens)
+    e = 2 if s.half else 0  # in fp32 there is no half copy
+    held = tokens * arch.hidden_size * _resid_bytes(s)
+    if s.method == "none":
+        held += arch.vocab_size * arch.hidden_size * (4 + e)
+    return float(rows * arch.vocab_size * (4 + e) + held)
+
+
 def logits_bytes(arch: ArchConfig, s: Setup) -> float:
-    """Logits and loss buffers: tokens x vocab x (3 * 4 + e) bytes.
+    """Logits and loss buffers: tokens x vocab x (3 * 4 + e) bytes (`fused_ce_bytes` under perf.fused_ce).
 
     `ta_train.losses` upcasts the half logits (e bytes) to fp32 and cross_entropy's log-softmax keeps
     its fp32 output; backward adds the gradient of that output and of the fp32 logits: three fp32
     copies at the backward peak (x3), plus the half logits under half precision.
     Qwen2's 152,064 vocab x 2,048 tokens x 4 B = 1.16 GiB per fp32 copy.
     """
+    if fused_ce_applies(s):
+        return fused_ce_bytes(arch, s)
     e = 2 if s.half else 0  # in fp32 the upcast is a no-op
     return float(s.micro_batch * s.seq_len * arch.vocab_size * (3 * 4 + e))
 
