@@ -79,6 +79,43 @@ def split_indices(n: int, val_fraction: float, val_max: int, seed: int) -> tuple
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def select_val(n: int, val_max: int, seed: int) -> list[int]:
+    """At most val_max indices of range(n): all of them when they fit, else a seeded subset, in file order."""
+    if n <= val_max:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), max(val_max, 0)))
+
+
+def read_val_sources(cfg: DataConfig, work_dir: Path) -> tuple[list[tuple[str, int, list[dict[str, str]]]], list[Reject], dict[str, dict[str, int]]]:
+    """(file, line, messages) of the records of cfg.val_sources, their rejects, and counts per file.
+
+    Read like train sources (a malformed line becomes a Reject naming file, line and reason); each
+    file keeps at most cfg.val_max_samples records (select_val, seeded by the file's position). A
+    missing file is an error: validating on nothing by accident would hide a broken pipeline.
+    """
+    items: list[tuple[str, int, list[dict[str, str]]]] = []
+    rejects: list[Reject] = []
+    per_source: dict[str, dict[str, int]] = {}
+    for k, source in enumerate(cfg.val_sources or []):
+        if source.path != "demo" and not Path(source.path).expanduser().is_file():
+            raise FileNotFoundError(
+                f"validation source {source.path!r} (data.val_sources[{k}].path) does not exist: run `python -m ta_data` "
+                "to write it, or set data.val_sources=null to hold out data.val_fraction of each train source instead"
+            )
+        parsed = read_source(resolve_source_path(source, work_dir), source.format)
+        keep = select_val(len(parsed.lines), cfg.val_max_samples, cfg.shuffle_seed + k)
+        items += [(parsed.path, parsed.lines[i], parsed.conversations[i]) for i in keep]
+        rejects += parsed.rejects
+        per_source[parsed.path] = {"records": len(parsed.lines), "rejected": len(parsed.rejects), "val": len(keep)}
+    return items, rejects, per_source
+
+
+def count_overlap(train: Sequence[dict[str, list[int]]], val: Sequence[dict[str, list[int]]]) -> int:
+    """Validation examples whose input_ids and labels both equal some training example's (leaked data)."""
+    seen = {(tuple(e["input_ids"]), tuple(e["labels"])) for e in train}
+    return sum((tuple(e["input_ids"]), tuple(e["labels"])) in seen for e in val)
+
+
 def apply_weight(items: list[Any], weight: float, seed: int) -> list[Any]:
     """Repeat `items` weight times: the integer part in full, the fraction as a seeded subset."""
     if weight < 0:
