@@ -86,14 +86,17 @@ def select_val(n: int, val_max: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), max(val_max, 0)))
 
 
-def read_val_sources(cfg: DataConfig, work_dir: Path) -> tuple[list[tuple[str, int, list[dict[str, str]]]], list[Reject], dict[str, dict[str, int]]]:
+Item = tuple[str, int, list[dict[str, str]]]  # (file, 1-based line, messages) of one record
+
+
+def read_val_sources(cfg: DataConfig, work_dir: Path) -> tuple[list[Item], list[Reject], dict[str, dict[str, int]]]:
     """(file, line, messages) of the records of cfg.val_sources, their rejects, and counts per file.
 
     Read like train sources (a malformed line becomes a Reject naming file, line and reason); each
     file keeps at most cfg.val_max_samples records (select_val, seeded by the file's position). A
     missing file is an error: validating on nothing by accident would hide a broken pipeline.
     """
-    items: list[tuple[str, int, list[dict[str, str]]]] = []
+    items: list[Item] = []
     rejects: list[Reject] = []
     per_source: dict[str, dict[str, int]] = {}
     for k, source in enumerate(cfg.val_sources or []):

@@ -175,6 +175,7 @@ def test_inspect_counts_the_val_files(make_cfg, tmp_path):
     summary = inspect(cfg, out)
     assert summary["examples"] == 3 and summary["rejected"] == 0
     assert summary["val_examples"] == 2 and summary["val_rejected"] == 1
-    assert f"== validation (data.val_sources, up to {cfg.data.val_max_samples} per file): examples 2, rejected 1 from {val}" in out.getvalue()
+    cap = cfg.data.val_max_samples
+    assert f"== validation (data.val_sources, up to {cap} per file): examples 2, rejected 1 from {val}" in out.getvalue()
     plain = make_cfg(f"data.sources=[{{path: {train}}}]", "inspect.n=0", "inspect.color=never")
     assert "val_examples" not in inspect(plain, io.StringIO())
