@@ -214,15 +214,35 @@ class OverfitStopping(EarlyStopping):
     Patience runs out after `patience` validations without a val/loss improvement; the run stops if
     the mean training loss since the last validation is below the one at the best validation
     (overfitting, seed 3.1). A plateau of both losses keeps training.
+
+    Checkpoints keep its history (EarlyStopping's counters plus the training losses it compares), so
+    a run resumed from `last.ckpt` stops where the uninterrupted run would. The state is stored under
+    a key naming patience and min_delta: two instances do not overwrite each other's state, and a run
+    resumed with other settings starts their history afresh.
     """
 
     def __init__(self, patience: int, min_delta: float) -> None:
         super().__init__(monitor="val/loss", mode="min", patience=patience, min_delta=min_delta, strict=False,
                          verbose=True, check_on_train_epoch_end=False)
+        self._settings = {"patience": patience, "min_delta": min_delta}
         self._recent: list[float] = []
         self._seen_step = -1
         self.train_at_best: float | None = None
         self.train_now: float | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, **self._settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "recent_train_losses": list(self._recent), "seen_step": self._seen_step,
+                "train_at_best": self.train_at_best, "train_now": self.train_now}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._recent = list(state_dict["recent_train_losses"])
+        self._seen_step = state_dict["seen_step"]
+        self.train_at_best, self.train_now = state_dict["train_at_best"], state_dict["train_now"]
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         stats = pl_module.last_step
