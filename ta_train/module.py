@@ -133,7 +133,7 @@ class CausalLMModule(L.LightningModule):
         in one transfer.
         """
         step_sums = self._step_sums if self._step_sums is not None else torch.zeros(2, dtype=torch.float64, device=self.device)
-        local = torch.cat([step_sums, self._step_counts.to(self.device)])
+        local = torch.cat([step_sums, self._step_counts.to(self.device, non_blocking=True)])  # no stream sync
         sums = self.trainer.strategy.reduce(local, reduce_op="sum")
         finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
         host = torch.cat([sums, finite.to(sums.device)]).cpu()
