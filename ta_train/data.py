@@ -123,9 +123,12 @@ class WindowedLoader:
     accumulation; Lightning's global_step and LR scheduler advance when the epoch's batch index
     does (`_should_accumulate`: that index restarts each epoch and a short tail window closes
     nothing under DeepSpeed). With whole windows both counters, and the `window_end` marks here,
-    fall on the same micro-batches in every epoch. Setting the engine's boundary from `window_end`
-    (DeepSpeedEngine.set_gradient_accumulation_boundary) instead would make the engine step on the
-    tail while Lightning's global_step and scheduler did not, one step fewer per epoch.
+    fall on the same micro-batches in every epoch (a resume starts the engine's counter at 0, as
+    DeepSpeed does not checkpoint it, at the start of a window: checkpoints are written on the
+    micro-batch that stepped). Setting the engine's boundary from `window_end`
+    (DeepSpeedEngine.set_gradient_accumulation_boundary) instead would make the engine update on the
+    tail while Lightning's global_step and LR schedule did not: they would fall one update behind
+    the engine every epoch.
     """
 
     GROUP = 16  # micro-batches per length-sorted group
