@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -38,7 +39,7 @@ class SyncProbe(L.Callback):
         self.steps: list[tuple[bool, list[str]]] = []
 
     def on_train_start(self, trainer, pl_module):
-        step, ranges, path = pl_module.training_step, line_ranges(), inspect.getsourcefile(CausalLMModule)
+        step, ranges, path = pl_module.training_step, line_ranges(), Path(inspect.getsourcefile(CausalLMModule)).resolve()
 
         def probed_step(batch, batch_idx):
             assert batch["window_tokens"].device.type == "cpu" and batch["input_ids"].device.type == "cuda"
@@ -49,7 +50,7 @@ class SyncProbe(L.Callback):
                     loss = step(batch, batch_idx)
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
-            ours = [name for w in caught if "synchroniz" in str(w.message) and w.filename == path
+            ours = [name for w in caught if "synchroniz" in str(w.message) and Path(w.filename).resolve() == path
                     for name, lines in ranges.items() if w.lineno in lines]
             self.steps.append((bool(batch["window_end"]), ours))
             return loss
