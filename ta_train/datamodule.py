@@ -153,6 +153,7 @@ class SFTDataModule(L.LightningDataModule):
             seed=self.cfg.shuffle_seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            whole_windows=bool(trainer and trainer.strategy.handles_gradient_accumulation),  # DeepSpeed: see WindowedLoader
         )
         position = getattr(trainer.lightning_module, "resume_data_position", None) if trainer else None
         if position is not None:  # resuming: continue after the last micro-batch the checkpoint trained
