@@ -99,6 +99,7 @@ class SavedTensorAudit:
         self.seen: dict[int, tuple[str, int]] = {}  # storage ptr -> (region, bytes)
         self.tensors: list[tuple[str, tuple, str, int]] = []  # (region, shape, dtype, bytes) first sightings
         self.shared: set[int] = set()
+        self.shared_refs: list = []
         self.weight_copies = 0
 
     def pack(self, t):
@@ -137,8 +138,9 @@ class SavedTensorAudit:
                 self.region = f"layer{i}"
                 for v in list(args[1:]) + list(kwargs.values()):
                     for x in v if isinstance(v, (tuple, list)) else (v,):
-                        if isinstance(x, torch.Tensor):
+                        if isinstance(x, torch.Tensor):  # held, so a freed address cannot come back as "shared"
                             self.shared.add(x.untyped_storage().data_ptr())
+                            self.shared_refs.append(x)
             return hook
 
         def post(module, args, kwargs, out):
