@@ -310,7 +310,7 @@ def activation_bytes(arch: ArchConfig, s: Setup) -> float:
     The recomputed layer lives only in backward, after the loss and lm_head backward have freed
     the logits buffers (`logits_bytes`), so only its excess over them adds to the peak. Measured on
     CPU (bench/memory_bench.py): adding the whole layer over-predicted checkpointed LoRA runs by up
-    to 15%; with the excess rule they land 6-9% under (bench/RESULTS.md).
+    to 15%; with the excess rule they land 7-11% under peak RSS (bench/RESULTS.md).
     """
     tokens = s.micro_batch * s.seq_len
     layer = layer_activation_bytes_per_token(arch, s) * tokens + score_bytes_per_sequence(arch, s) * s.micro_batch
