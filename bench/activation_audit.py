@@ -14,18 +14,19 @@ Two measurements per config, both on CPU, neither timing- nor RSS-based:
    plan_memory.weight_bytes counts them). Each storage is attributed to the region that first saved it:
    a decoder layer (forward pre-hook/hook), the head (final norm + lm_head), the loss, or `shared` (the
    rotary cos/sin, masks and position ids every layer receives). Under gradient checkpointing the
-   checkpoint's own hooks take the layers' tensors, so only the head and loss are seen here; the
-   profiler below sees the rest.
+   checkpoint's own hooks take the layers' tensors; a layer's region then holds what the checkpoint
+   keeps, its input.
 2. Live bytes over time. A second, fresh forward + loss + backward under
    `torch.profiler.profile(activities=[CPU], profile_memory=True)` with one thread: every allocation
    and free of the CPU allocator is an event with its size; their running sum is the exact live bytes
    above the state before the forward. Gradients exist before this pass (a warm-up step leaves them,
    as in gradient accumulation), so backward adds only its transients. Reported: live bytes at the end
-   of the forward + loss, the peak, and where the peak fell (forward / loss / backward).
+   of the forward and of the loss, the peak and its phase (forward / loss / backward), and the loss
+   buffers = the peak minus the saved activations and weight casts alive then.
 
-Predicted = plan_memory.layer_activation_bytes_per_token * tokens (+ eager scores) per layer,
-`activation_bytes` for the whole forward, `logits_bytes` for the loss buffers. Shapes are small
-(hidden 256-512, 2 layers, 256-512 tokens), so every config runs in seconds.
+Predicted = plan_memory.layer_activation_bytes_per_token * tokens + score_bytes_per_sequence per
+layer, head_bytes_per_token, activation_bytes for the whole forward, logits_bytes for the loss
+buffers. Shapes are small (hidden 256-512, 2 layers, 2 x 320 tokens), so a config runs in seconds.
 """
 from __future__ import annotations
 
