@@ -106,8 +106,11 @@ class DataConfig:
     dir: Optional[str] = None  # a ta_data output folder (`python -m ta_data output=DIR`); sources may use ${data.dir}
     mix: Optional[Any] = None  # ta_data's stage 9 settings (typed by ta_data.config.MixConfig); unused here
     max_seq_len: int = 2048  # tokens per example after the chat template
-    val_fraction: float = 0.05  # held out per source before mixing
-    val_max_samples: int = 512
+    val_fraction: float = 0.05  # held out per source before mixing (only when val_sources is None)
+    val_max_samples: int = 512  # validation records kept per source (a seeded, file-ordered subset)
+    # Explicit validation files (e.g. ta_data's val.jsonl), same forms as `sources` (`weight` unused).
+    # Set: every train source is trained on whole and validation reads only these. None: val_fraction.
+    val_sources: Optional[list[SourceConfig]] = None
     system_prompt: Optional[str] = None  # applied to records that carry none
     packing: bool = False  # several examples per max_seq_len row, isolated by position_ids
     shuffle_seed: int = 1234

@@ -148,6 +148,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"data: rejected {report['rejected_all_masked']} with every label -100, {report['rejected_other']} for other reasons",
         f"data: sequence length p50 {report['len_p50']}, p95 {report['len_p95']}, max {report['len_max']} tokens",
     ]
+    if "val_sources" in report:  # data.val_sources set (the datamodule adds these keys)
+        lines.append(f"data: validation {report['val_examples']} examples from {', '.join(report['val_sources'])}, "
+                     f"{report['val_overlap_train']} identical to a training example")
     top = max((b["count"] for b in report["len_histogram"]), default=0) or 1
     for b in report["len_histogram"]:
         lines.append(f"  ({b['lo']:>6}, {b['hi']:>6}]  {'#' * round(30 * b['count'] / top):<30} {b['count']}")

@@ -43,6 +43,11 @@ def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any) -> torch.Tens
     return reduce_sum(local_norm.float() ** 2).sqrt()
 
 
+# Batch entries that describe the micro-batch rather than feed the model (ta_train.data): they stay
+# CPU tensors, so the step reads them without waiting for the device.
+HOST_KEYS = ("window_tokens", "window_end", "position", "example_ids", "token_counts")
+
+
 class CausalLMModule(L.LightningModule):
     """Token-weighted SFT loss over each optimizer step, AdamW + warmup-cosine, train/val metrics.
 
@@ -58,7 +63,9 @@ class CausalLMModule(L.LightningModule):
         self.vocab_size = vocab_size
         self.model: Any = None
         self.strict_loading = cfg.peft.method == PeftMethod.none
-        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, trained, tokens, tokens^2
+        self._step_sums: torch.Tensor | None = None  # loss_sum, trained of the open window: on the device
+        self._step_counts = torch.zeros(2, dtype=torch.float64)  # tokens, tokens^2: on the host (batch metadata)
+        self._window_finite: list[tuple[torch.Tensor, list[int]]] = []  # (loss is finite: device bool, ids)
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # loss_sum, trained
         self.train_token_acc = TokenAccuracy()  # counts over the open accumulation window
         self.val_token_acc = TokenAccuracy()
@@ -84,6 +91,13 @@ class CausalLMModule(L.LightningModule):
             position_ids=batch.get("position_ids"),
             use_cache=False,
         ).logits
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Only the model inputs go to the device; the metadata (HOST_KEYS) stays on the host."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        inputs = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in HOST_KEYS}, device, dataloader_idx)
+        return {k: inputs[k] if k in inputs else v for k, v in batch.items()}
 
     def _score(self, batch: dict[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, ...]:
         """(loss_sum, n_tokens, correct, total) over the batch's trained next-token positions.
@@ -128,24 +142,27 @@ class CausalLMModule(L.LightningModule):
         return parts
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """No host-device synchronization here except on the window's last micro-batch (_log_step):
+        the metadata is on the host and the step's sums stay on the device until then."""
         if "position" in batch:  # after this batch, training resumes at (epoch, index + 1)
-            epoch, index = (int(x) for x in batch["position"])
+            epoch, index = batch["position"].tolist()
             self._data_position = (epoch, index + 1)
         loss_sum, n_tokens, correct, total = self._score(batch, self.cfg.objective.label_smoothing)
-        window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
+        window_tokens = int(batch["window_tokens"])  # all ranks' tokens (ta_train.data.WindowedLoader)
         # DeepSpeed's engine divides by its accumulation steps again (Lightning already has)
         engine_divides = self.trainer.strategy.handles_gradient_accumulation
         loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens, engine_divides)
         self._micro_batches += 1
         with torch.no_grad():
             self.train_token_acc.update_counts(correct, total)
-            micro_loss = loss_sum.detach().double().cpu()
-            counts = batch["token_counts"].cpu().double() if "token_counts" in batch else torch.zeros(2, dtype=torch.float64)
-            self._step_sums += torch.stack([micro_loss, n_tokens.cpu().double(), counts[0], counts[1]])
+            micro_loss = loss_sum.detach().double()
+            sums = torch.stack([micro_loss, n_tokens.double()])
+            self._step_sums = sums if self._step_sums is None else self._step_sums + sums
+            if "token_counts" in batch:
+                self._step_counts += batch["token_counts"].double()
             ids = batch["example_ids"].tolist() if "example_ids" in batch else []
             self._window_ids += ids
-            if not torch.isfinite(micro_loss):
-                self._window_bad += ids
+            self._window_finite.append((torch.isfinite(micro_loss), ids))
         if bool(batch.get("window_end", True)):
             self._log_step()
         return loss
@@ -156,9 +173,20 @@ class CausalLMModule(L.LightningModule):
         Called on the micro-batch that closes an accumulation window (every rank reaches it at the
         same index), not from on_before_optimizer_step: under DeepSpeed Lightning calls that hook
         on every micro-batch.
+
+        The one host-device synchronization of the window: the device sums and the host counts are
+        reduced over ranks in one collective and come back, with each micro-batch's finite flag,
+        in one transfer.
         """
-        sums = self.trainer.strategy.reduce(self._step_sums.clone().to(self.device), reduce_op="sum").cpu()
-        self._step_sums.zero_()
+        step_sums = self._step_sums if self._step_sums is not None else torch.zeros(2, dtype=torch.float64, device=self.device)
+        local = torch.cat([step_sums, self._step_counts.to(self.device, non_blocking=True)])  # no stream sync
+        sums = self.trainer.strategy.reduce(local, reduce_op="sum")
+        finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
+        host = torch.cat([sums, finite.to(sums.device)]).cpu()
+        sums, finite = host[:4], host[4:]
+        self._window_bad = [j for ok, (_, ids) in zip(finite.tolist(), self._window_finite) if not ok for j in ids]
+        self._step_counts.zero_()
+        self._step_sums, self._window_finite = None, []
         token_acc = self.train_token_acc.compute()  # sums the counts over ranks, then divides
         self.train_token_acc.reset()
         loss = sums[0] / max(sums[1], 1)
