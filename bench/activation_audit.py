@@ -24,7 +24,7 @@ Two measurements per config, both on CPU, neither timing- nor RSS-based:
    of the forward and of the loss, the peak and its phase (forward / loss / backward), and the loss
    buffers = the peak minus the saved activations and weight casts alive then.
 
-Predicted = plan_memory.layer_activation_bytes_per_token * tokens + score_bytes_per_sequence per
+Predicted = plan_activations.layer_activation_bytes_per_token * tokens + score_bytes_per_sequence per
 layer, head_bytes_per_token, activation_bytes for the whole forward, logits_bytes for the loss
 buffers. Shapes are small (hidden 256-512, 2 layers, 2 x 320 tokens), so a config runs in seconds.
 """
@@ -204,7 +204,7 @@ def audit(cfg, *, prompt: int = 8, pad: int = 16, profiled: bool = True, keep_te
     from ta_train.losses import sum_token_cross_entropy
     from ta_train.model import build_model
     from ta_train.plan import _setup
-    from ta_train.plan_memory import (
+    from ta_train.plan_activations import (
         _resid_bytes, activation_bytes, head_bytes_per_token, layer_activation_bytes_per_token, logits_bytes,
         score_bytes_per_sequence,
     )

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ta_train.fused_ce import fused_head, fused_linear_cross_entropy
 from ta_train.losses import IGNORE_INDEX
-from ta_train.plan_memory import GIB, Setup, fused_ce_bytes, logits_bytes
+from ta_train.plan_activations import fused_ce_bytes, logits_bytes
+from ta_train.plan_memory import GIB, Setup
 from tests.conftest import compose
 
 

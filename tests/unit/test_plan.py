@@ -11,14 +11,13 @@ from ta_train.plan import Plan, make_plan
 from ta_train.plan_memory import (
     GIB,
     Setup,
-    activation_bytes,
     estimate,
     linear_params,
-    logits_bytes,
     lora_params,
     optimizer_bytes,
     weight_bytes,
 )
+from ta_train.plan_activations import activation_bytes, logits_bytes
 from tests.conftest import CONF_DIR, compose
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -105,7 +104,7 @@ def test_checkpointing_lowers_activations():
 
 def test_recomputed_layer_counts_only_beyond_the_freed_logits():
     """Checkpointing: L layer inputs + head + max(0, one layer's activations - logits buffers)."""
-    from ta_train.plan_memory import layer_activation_bytes_per_token, score_bytes_per_sequence
+    from ta_train.plan_activations import layer_activation_bytes_per_token, score_bytes_per_sequence
 
     def parts(arch, s):
         tokens = s.micro_batch * s.seq_len
