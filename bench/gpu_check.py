@@ -56,6 +56,10 @@ CASES: dict[str, list[str]] = {
     "qlora_bf16": ["peft=qlora", "precision=bf16-mixed", "batch.micro_size=8"],
     "lora_fa2": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "model.attn_implementation=flash_attention_2"],
     "full_zero2": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "strategy=deepspeed_zero2"],
+    # chunked lm_head + cross-entropy (ta_train.fused_ce): no 16,384 x 49,152 logits; the freed
+    # memory allows micro-batch 16
+    "full_bf16_fused_ce": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "perf.fused_ce=true"],
+    "full_bf16_fused_ce_mb16": ["peft=none", "precision=bf16-mixed", "batch.micro_size=16", "perf.fused_ce=true"],
     "full_bf16_compile": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "perf.compile=true"],
     "lora_bf16_compile": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "perf.compile=true"],
 }
@@ -74,6 +78,15 @@ def n_params(shape: dict) -> int:
     return L * per_layer + v * d + d  # tied embeddings + final norm
 
 
+def micro_size(name: str) -> int:
+    return next(int(o.split("=")[1]) for o in CASES[name] if o.startswith("batch.micro_size="))
+
+
+def data_rows() -> int:
+    """Training rows for (warmup + timed) steps of the largest micro-batch, plus 1% validation and slack."""
+    return int(max((warmup_steps(n) + TIMED) * micro_size(n) for n in CASES) * 1.02) + 16
+
+
 def write_data(path: Path, rows: int, words: int, seed: int = 0) -> None:
     """Alpaca records whose answers are longer than a row, so every row is a full max_seq_len."""
     rng = random.Random(seed)
@@ -89,7 +102,7 @@ def case_overrides(name: str, shape_name: str, device: str, data: Path) -> list[
     shape = SHAPES[shape_name]
     arch = [f"model.arch.{k}={v}" for k, v in shape.items()]
     steps = warmup_steps(name) + TIMED
-    micro = next(int(o.split("=")[1]) for o in CASES[name] if o.startswith("batch.micro_size="))
+    micro = micro_size(name)
     hw = ["+hw=h200"] if device == "cuda" else ["+hw=cpu", "hw.peak_tflops=0"]
     return [
         "model=tiny", *hw, *arch, f"model.arch.n_params={n_params(shape)}", "model.init_std=0.02",
@@ -197,6 +210,7 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         "micro_batch": cfg.batch.micro_size, "seq": cfg.data.max_seq_len,
         "attn": module.model.config._attn_implementation, "plan_peak_gib": plan.peak_gib,
         "plan_breakdown": plan.breakdown, "plan_fits": plan.fits, "loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "fused_ce": module._fused is not None,  # perf.fused_ce really ran (no fallback)
     }
     out.update(logged_perf(Path(cfg.run_dir) / "metrics.csv", warmup))
     if cfg.perf.compile:  # graphs dynamo captured; more than one per direction means recompiles
@@ -325,7 +339,7 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {r['case']} | {r['attn']} | {r['micro_batch']} x {r['seq']} | {r['tokens_per_s']:,} | {fmt(r['tflops'])} "
             f"| {fmt(m * 100 if m is not None else None)}% | {fmt(r['plan_peak_gib'], 2)} | {fmt(r.get('max_allocated_gib'), 2)} "
-            f"| {fmt(r.get('max_reserved_gib'), 2)} | {fmt(r['loss'], 3)} | {r['steps_timed']} steps timed |"
+            f"| {fmt(r.get('max_reserved_gib'), 2)} | {fmt(r['loss'], 3)} | {r['steps_timed']} steps timed{', fused CE' if r.get('fused_ce') else ''} |"
         )
     return "\n".join(rows)
 
@@ -346,8 +360,9 @@ def main() -> int:
     import importlib.util
 
     WORK.mkdir(parents=True, exist_ok=True)
-    # (warmup + timed) x micro-batch 8 = 104 rows (120 compiled): the epoch never ends inside the timed window
-    write_data(WORK / "data" / f"{args.shape}.jsonl", rows=140, words=1800 if args.shape == "1b" else 120)
+    # (warmup + timed) x the largest micro-batch (16: 208 rows) + the 1% held out for validation:
+    # the epoch never ends inside the timed window
+    write_data(WORK / "data" / f"{args.shape}.jsonl", rows=data_rows(), words=1800 if args.shape == "1b" else 120)
     results = []
     for name in args.cases.split(","):
         need = NEEDS.get(name)

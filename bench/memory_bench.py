@@ -59,7 +59,7 @@ def overrides(name: str) -> list[str]:
         "n_heads": heads, "n_kv_heads": kv, "intermediate_size": f, "vocab_size": VOCAB, "max_positions": 2048,
     }
     return [
-        "model=tiny", f"peft={peft}", "precision=32-true", "peft.r=16", "model.init_std=0.02",
+        "model=tiny", f"peft={peft}", "precision=32-true", "peft.r=16", "model.init_std=0.02", "trainer.accelerator=cpu",
         f"model.attn_implementation={attn}", f"data.max_seq_len={seq}", f"batch.micro_size={micro}",
         f"batch.global_size={2 * micro}", f"gradient_checkpointing={str(ckpt).lower()}", "run_dir=/tmp/ta-memory-bench",
         *(f"model.arch.{k}={v}" for k, v in arch.items()),

@@ -2,8 +2,8 @@
 
 `conf/data.yaml` holds the stage settings (read ... refusals); the `data` group file
 (`conf/data/teaching_mix.yaml`) is shared with ta_train: ta_train reads its `sources` (the
-pipeline's `sft.jsonl`), ta_data reads its `mix` block (replay data, ratios and caps, split,
-evalset, output form) and `dir` (the default output folder). Only OmegaConf and Hydra are imported.
+pipeline's `sft.jsonl`) and `val_sources` (its `val.jsonl`), ta_data reads its `mix` block
+(replay data, ratios and caps, split, evalset, output form) and `dir` (the default output folder). Only OmegaConf and Hydra are imported.
 """
 from __future__ import annotations
 

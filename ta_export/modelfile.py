@@ -6,6 +6,8 @@ given). Before writing, `check_template` proves the run's own chat template lays
 the family does: the Go templates are tested byte-for-byte against the family layouts, so a run
 whose template differs (e.g. Llama-3.1's dated system header) is refused rather than exported with a
 prompt format that training never saw.
+
+Every value is written so that Ollama's Modelfile parser reads back exactly that text (`modelfile_value`).
 """
 from __future__ import annotations
 
@@ -95,10 +97,57 @@ class ModelfileSettings:
     num_ctx: int = 2048  # the training max_seq_len
 
 
-def _quoted_block(keyword: str, text: str) -> str:
-    if '"""' in text:
-        raise ExportError(f'{keyword} text contains """, which a Modelfile cannot quote')
-    return f'{keyword} """{text}"""'
+def _lines(text: str) -> list[str]:
+    """The text's lines as Ollama's parser sees them: only \\n, \\r and \\r\\n break a line."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _reads_back(form: str, text: str) -> bool:
+    """Whether Ollama's parser reads `text` written in `form` back unchanged (characters checked apart).
+
+    The parser has no escapes. It reads a value up to a line break, trims the whitespace around it
+    and takes it whole if it is bare, or if it opens and closes with the same quote (one double
+    quote, or three), which it then strips; otherwise it keeps reading across the line break. So:
+    bare text is one line, not blank, without whitespace at its ends or a leading double quote;
+    "quoted" text is one line not starting with two double quotes; triple-quoted text may hold three
+    double quotes anywhere and end in one, but no line before its last may end in three (the value
+    would end there).
+    """
+    lines = _lines(text)
+    if form == "bare":
+        return len(lines) == 1 and bool(text) and text == text.strip(" \t") and not text.startswith('"')
+    if form == "quoted":
+        return len(lines) == 1 and not text.startswith('""')
+    return not any(line.rstrip(" \t").endswith('"""') for line in lines[:-1])
+
+
+_FORMS = {"bare": "{}", "quoted": '"{}"', "triple": '"""{}"""'}
+
+
+def modelfile_value(field: str, text: str, prefer: Sequence[str] = ()) -> str:
+    """`text` written so that Ollama's parser reads it back unchanged: in the first of `prefer` ("bare",
+    "quoted") that allows it, else triple-quoted.
+
+    Raises ExportError naming `field` when no form reads back: a character the parser drops (it keeps
+    Go's printable characters, i.e. letters, marks, numbers, punctuation, symbols and the space, plus
+    tabs and line breaks), or a line before the last that ends in three double quotes.
+    """
+    lines = _lines(text)
+    for number, line in enumerate(lines, start=1):
+        for column, ch in enumerate(line, start=1):
+            if not (ch.isprintable() or ch == "\t"):
+                raise ExportError(
+                    f"{field}: line {number}, column {column} holds {ch!r} (U+{ord(ch):04X}), which Ollama's Modelfile "
+                    f"parser drops (it keeps printable characters, tabs and line breaks); remove or replace it"
+                )
+    for form in (*prefer, "triple"):
+        if _reads_back(form, text):
+            return _FORMS[form].format(text)
+    bad = next(n for n, line in enumerate(lines[:-1], start=1) if line.rstrip(" \t").endswith('"""'))
+    raise ExportError(
+        f'{field}: line {bad} of {len(lines)} ends in """, where Ollama\'s Modelfile parser would end the value '
+        f"(it has no escapes); reword that line, e.g. put a character after the quotes"
+    )
 
 
 def render_modelfile(
@@ -107,15 +156,19 @@ def render_modelfile(
     """The Modelfile text: FROM, TEMPLATE, SYSTEM (when set), PARAMETERs, one `stop` per string."""
     check_template(tokenizer, family)
     template = go_template(family, template_tokens(tokenizer))
-    lines = [f"# Written by ta_export for the {family} chat family.", f"FROM {gguf}", _quoted_block("TEMPLATE", template)]
+    lines = [
+        f"# Written by ta_export for the {family} chat family.",
+        f"FROM {modelfile_value('FROM', gguf, ('bare', 'quoted'))}",
+        f"TEMPLATE {modelfile_value('TEMPLATE', template)}",
+    ]
     if system_prompt and system_prompt.strip():
-        lines.append(_quoted_block("SYSTEM", system_prompt.strip()))
+        lines.append(f"SYSTEM {modelfile_value('SYSTEM (data.system_prompt)', system_prompt.strip())}")
     lines += [
         f"PARAMETER temperature {settings.temperature}",
         f"PARAMETER repeat_penalty {settings.repeat_penalty}",
         f"PARAMETER num_ctx {settings.num_ctx}",
     ]
-    lines += [f'PARAMETER stop "{s}"' for s in stop_strings(family, tokenizer.eos_token)]
+    lines += [f"PARAMETER stop {modelfile_value('PARAMETER stop', s, ('quoted',))}" for s in stop_strings(family, tokenizer.eos_token)]
     return "\n".join(lines) + "\n"
 
 

@@ -106,8 +106,11 @@ class DataConfig:
     dir: Optional[str] = None  # a ta_data output folder (`python -m ta_data output=DIR`); sources may use ${data.dir}
     mix: Optional[Any] = None  # ta_data's stage 9 settings (typed by ta_data.config.MixConfig); unused here
     max_seq_len: int = 2048  # tokens per example after the chat template
-    val_fraction: float = 0.05  # held out per source before mixing
-    val_max_samples: int = 512
+    val_fraction: float = 0.05  # held out per source before mixing (only when val_sources is None)
+    val_max_samples: int = 512  # validation records kept per source (a seeded, file-ordered subset)
+    # Explicit validation files (e.g. ta_data's val.jsonl), same forms as `sources` (`weight` unused).
+    # Set: every train source is trained on whole and validation reads only these. None: val_fraction.
+    val_sources: Optional[list[SourceConfig]] = None
     system_prompt: Optional[str] = None  # applied to records that carry none
     packing: bool = False  # several examples per max_seq_len row, isolated by position_ids
     shuffle_seed: int = 1234
@@ -272,6 +275,10 @@ class PerfConfig:
 
     measure_peak: bool = False  # time a matmul at start-up and report MFU against it (CPU: the only MFU)
     gpu_util: bool = True  # perf/gpu_util from NVML when nvidia-ml-py is installed
+    # lm_head + cross-entropy fused and chunked (ta_train.fused_ce): never holds the B*T x V logits;
+    # falls back (one log line) under FSDP / ZeRO-3, LoRA on lm_head, or an unlisted model type
+    fused_ce: bool = False
+    ce_chunk_rows: int = 4096  # trained rows per chunk: extra memory ~ rows x vocab x (4 + 2) bytes
     # Regional torch.compile (ta_train.regional_compile): every decoder layer compiled in place, so
     # RMSNorm, rotary, SiLU*mul, residual adds and casts fuse; the first steps include compile time.
     compile: bool = False

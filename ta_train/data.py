@@ -2,8 +2,8 @@
 
 Every record that is not trained on lands in `<run_dir>/data/rejects.jsonl` with its file, line and
 reason. Training batches come from `WindowedLoader`, which tags each micro-batch with the number
-of trained tokens in its whole accumulation window, so the loss can be a token mean over the
-optimizer step (see ta_train.losses.window_scale).
+of trained tokens in its whole accumulation window over all ranks, so the loss can be a token mean
+over the optimizer step (see ta_train.losses.window_scale) without a collective per micro-batch.
 """
 from __future__ import annotations
 
@@ -79,6 +79,46 @@ def split_indices(n: int, val_fraction: float, val_max: int, seed: int) -> tuple
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def select_val(n: int, val_max: int, seed: int) -> list[int]:
+    """At most val_max indices of range(n): all of them when they fit, else a seeded subset, in file order."""
+    if n <= val_max:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), max(val_max, 0)))
+
+
+Item = tuple[str, int, list[dict[str, str]]]  # (file, 1-based line, messages) of one record
+
+
+def read_val_sources(cfg: DataConfig, work_dir: Path) -> tuple[list[Item], list[Reject], dict[str, dict[str, int]]]:
+    """(file, line, messages) of the records of cfg.val_sources, their rejects, and counts per file.
+
+    Read like train sources (a malformed line becomes a Reject naming file, line and reason); each
+    file keeps at most cfg.val_max_samples records (select_val, seeded by the file's position). A
+    missing file is an error: validating on nothing by accident would hide a broken pipeline.
+    """
+    items: list[Item] = []
+    rejects: list[Reject] = []
+    per_source: dict[str, dict[str, int]] = {}
+    for k, source in enumerate(cfg.val_sources or []):
+        if source.path != "demo" and not Path(source.path).expanduser().is_file():
+            raise FileNotFoundError(
+                f"validation source {source.path!r} (data.val_sources[{k}].path) does not exist: run `python -m ta_data` "
+                "to write it, or set data.val_sources=null to hold out data.val_fraction of each train source instead"
+            )
+        parsed = read_source(resolve_source_path(source, work_dir), source.format)
+        keep = select_val(len(parsed.lines), cfg.val_max_samples, cfg.shuffle_seed + k)
+        items += [(parsed.path, parsed.lines[i], parsed.conversations[i]) for i in keep]
+        rejects += parsed.rejects
+        per_source[parsed.path] = {"records": len(parsed.lines), "rejected": len(parsed.rejects), "val": len(keep)}
+    return items, rejects, per_source
+
+
+def count_overlap(train: Sequence[dict[str, list[int]]], val: Sequence[dict[str, list[int]]]) -> int:
+    """Validation examples whose input_ids and labels both equal some training example's (leaked data)."""
+    seen = {(tuple(e["input_ids"]), tuple(e["labels"])) for e in train}
+    return sum((tuple(e["input_ids"]), tuple(e["labels"])) in seen for e in val)
+
+
 def apply_weight(items: list[Any], weight: float, seed: int) -> list[Any]:
     """Repeat `items` weight times: the integer part in full, the fraction as a seeded subset."""
     if weight < 0:
@@ -114,6 +154,21 @@ class WindowedLoader:
 
     Every rank gets the same number of micro-batches. Each batch carries its (epoch, index); the
     module checkpoints the position after the last trained batch and `skip_to` resumes there.
+
+    whole_windows=True (set when the strategy's engine counts the accumulation itself, i.e.
+    DeepSpeed) drops the epoch's incomplete tail window, so every epoch is a whole number of
+    windows; the dropped examples come back, reshuffled, in the next epoch. Why: Lightning calls
+    the DeepSpeed engine's backward() and step() on every micro-batch and the engine steps when
+    its own micro-step counter, which runs on across epochs, reaches a multiple of the
+    accumulation; Lightning's global_step and LR scheduler advance when the epoch's batch index
+    does (`_should_accumulate`: that index restarts each epoch and a short tail window closes
+    nothing under DeepSpeed). With whole windows both counters, and the `window_end` marks here,
+    fall on the same micro-batches in every epoch (a resume starts the engine's counter at 0, as
+    DeepSpeed does not checkpoint it, at the start of a window: checkpoints are written on the
+    micro-batch that stepped). Setting the engine's boundary from `window_end`
+    (DeepSpeedEngine.set_gradient_accumulation_boundary) instead would make the engine update on the
+    tail while Lightning's global_step and LR schedule did not: they would fall one update behind
+    the engine every epoch.
     """
 
     GROUP = 16  # micro-batches per length-sorted group
@@ -128,6 +183,7 @@ class WindowedLoader:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        whole_windows: bool = False,
     ) -> None:
         if len(examples) < micro_size * world_size:
             raise ValueError(
@@ -135,18 +191,27 @@ class WindowedLoader:
             )
         self.examples, self.micro_size, self.accumulation = examples, micro_size, accumulation
         self.pad_id, self.seed, self.rank, self.world_size = pad_id, seed, rank, world_size
+        self.whole_windows = whole_windows
         self.epoch, self._start = 0, 0
+        if whole_windows and len(self) == 0:
+            raise ValueError(
+                f"{len(examples)} training examples cannot fill one accumulation window of {accumulation} micro-batches "
+                f"of {micro_size} on each of {world_size} devices (the strategy steps on whole windows only)"
+            )
+        self._trained: list[int] | None = None  # trained tokens per example, counted on first use
 
     def __len__(self) -> int:
         per_rank = len(self.examples) // self.world_size
-        return -(-per_rank // self.micro_size)
+        n = -(-per_rank // self.micro_size)
+        return n - n % self.accumulation if self.whole_windows else n
 
     def skip_to(self, epoch: int, done: int) -> None:
         self.epoch, self._start = epoch, done
 
-    def epoch_plan(self, epoch: int) -> list[tuple[list[int], int, bool]]:
-        """(example indices, window trained tokens on this rank, closes its window) per micro-batch.
+    def rank_micro_batches(self, epoch: int) -> list[list[list[int]]]:
+        """Every rank's micro-batches (example indices) of `epoch`, in order: [rank][micro-batch].
 
+        Each rank draws the same seeded shuffles, so any rank can compute the others' order.
         Length-grouped: the shuffled examples are cut into groups of GROUP micro-batches, each group
         is sorted by length before being cut into micro-batches (little padding), and the order of
         the micro-batches is shuffled again, so windows still mix short and long examples.
@@ -154,20 +219,41 @@ class WindowedLoader:
         rng = random.Random(self.seed + epoch)
         order = list(range(len(self.examples)))
         rng.shuffle(order)
+        state = rng.getstate()  # every rank shuffles its micro-batches from this same state
         per_rank = len(order) // self.world_size
-        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
         group = self.micro_size * self.GROUP
-        micro: list[list[int]] = []
-        for g in range(0, len(mine), group):
-            chunk = sorted(mine[g : g + group], key=lambda j: len(self.examples[j]["input_ids"]))
-            micro += [chunk[i : i + self.micro_size] for i in range(0, len(chunk), self.micro_size)]
-        rng.shuffle(micro)
+        out = []
+        for rank in range(self.world_size):
+            mine = order[rank * per_rank : (rank + 1) * per_rank]
+            micro: list[list[int]] = []
+            for g in range(0, len(mine), group):
+                chunk = sorted(mine[g : g + group], key=lambda j: len(self.examples[j]["input_ids"]))
+                micro += [chunk[i : i + self.micro_size] for i in range(0, len(chunk), self.micro_size)]
+            rng.setstate(state)
+            rng.shuffle(micro)
+            out.append(micro)
+        return out
+
+    def epoch_plan(self, epoch: int) -> list[tuple[list[int], int, bool]]:
+        """(example indices, window trained tokens over ALL ranks, closes its window) per micro-batch
+        of this rank.
+
+        The window total is what an all-reduce of each rank's window count would give, computed
+        from every rank's plan (rank_micro_batches), so no collective runs per micro-batch.
+        """
+        if self._trained is None:
+            self._trained = [trained_tokens(e) for e in self.examples]
+        ranks = [micro[: len(self)] for micro in self.rank_micro_batches(epoch)]
         plan = []
-        for w in range(0, len(micro), self.accumulation):
-            window = micro[w : w + self.accumulation]
-            tokens = sum(trained_tokens(self.examples[j]) for batch in window for j in batch)
+        for w in range(0, len(ranks[self.rank]), self.accumulation):
+            tokens = sum(self._trained[j] for micro in ranks for batch in micro[w : w + self.accumulation] for j in batch)
+            window = ranks[self.rank][w : w + self.accumulation]
             plan.extend((batch, tokens, k == len(window) - 1) for k, batch in enumerate(window))
         return plan
+
+    def dropped_examples(self, epoch: int) -> int:
+        """Examples (all ranks) in the tail micro-batches that whole_windows leaves out of `epoch`."""
+        return sum(len(batch) for micro in self.rank_micro_batches(epoch) for batch in micro[len(self) :])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import torch
@@ -175,10 +261,13 @@ class WindowedLoader:
         # Advance the epoch when iteration starts: Lightning stops at len() without exhausting us.
         epoch, plan, start = self.epoch, self.epoch_plan(self.epoch), self._start
         self.epoch, self._start = self.epoch + 1, 0
+        if self.whole_windows and self.rank == 0 and (dropped := self.dropped_examples(epoch)):
+            log.info("epoch %d: %d examples past the last whole accumulation window wait for the next epoch "
+                     "(DeepSpeed steps on whole windows only)", epoch, dropped)
         collate = pad_packed if "position_ids" in self.examples[0] else pad_right
         for i, (idx, window_tokens, window_end) in enumerate(plan[start:], start=start):
             batch = {k: torch.tensor(v) for k, v in collate([self.examples[j] for j in idx], self.pad_id).items()}
-            batch["window_tokens"] = torch.tensor(window_tokens)
+            batch["window_tokens"] = torch.tensor(window_tokens)  # trained tokens of the window, all ranks
             batch["window_end"] = torch.tensor(window_end)  # the optimizer steps after this one
             batch["position"] = torch.tensor([epoch, i])  # (epoch, micro-batch index): for resuming
             batch["example_ids"] = torch.tensor(idx)  # rows of `examples`: guards name them

@@ -15,9 +15,11 @@ from ta_train.data import (
     Reject,
     WindowedLoader,
     apply_weight,
+    count_overlap,
     encode_all,
     FixedBatches,
     read_source,
+    read_val_sources,
     resolve_source_path,
     shard_evenly,
     split_indices,
@@ -67,21 +69,29 @@ class SFTDataModule(L.LightningDataModule):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         train_items, val_items, rejects = [], [], []
         per_source = {}
+        explicit_val = self.cfg.val_sources is not None  # validate on those files, train on every source whole
         for k, source in enumerate(self.cfg.sources):
             path = resolve_source_path(source, self.work_dir)
             parsed = read_source(path, source.format)
             rejects += parsed.rejects
             items = [(parsed.path, line, conv) for line, conv in zip(parsed.lines, parsed.conversations)]
-            tr, va = split_indices(len(items), self.cfg.val_fraction, self.cfg.val_max_samples, self.cfg.shuffle_seed + k)
+            if explicit_val:
+                tr, va = list(range(len(items))), []
+            else:
+                tr, va = split_indices(len(items), self.cfg.val_fraction, self.cfg.val_max_samples, self.cfg.shuffle_seed + k)
             train_items += apply_weight([items[i] for i in tr], source.weight, self.cfg.shuffle_seed + k)
             val_items += [items[i] for i in va]
             per_source[str(path)] = {"records": len(items), "rejected": len(parsed.rejects), "train": len(tr), "val": len(va)}
+        if explicit_val:
+            val_items, val_read_rejects, val_per_source = read_val_sources(self.cfg, self.work_dir)
+            rejects += val_read_rejects
         self.train_examples, enc_rejects, n_trunc = encode_all(self.tokenizer, train_items, self.cfg, self.train_on)
         self.val_examples, val_rejects, _ = encode_all(self.tokenizer, val_items, self.cfg, self.train_on)
         rejects += enc_rejects + val_rejects
         dropped = {(r.file, r.line) for r in enc_rejects}
         self.train_origins = [f"{file}:{line}" for file, line, _ in train_items if (file, line) not in dropped]
         self.report = data_report(self.train_examples, [r.reason for r in rejects], self.cfg.max_seq_len)
+        val_note = self._explicit_val_note(val_per_source) if explicit_val else {}
         n_unpacked = len(self.train_examples)
         if self.cfg.packing:
             self.train_examples = pack_examples(self.train_examples, self.cfg.max_seq_len)
@@ -95,6 +105,7 @@ class SFTDataModule(L.LightningDataModule):
             "train_trained_tokens": sum(trained_tokens(e) for e in self.train_examples),
             "truncated": n_trunc,
             "rejected": len(rejects),
+            **val_note,
         }
         self._write(rejects)
         log.info("data: %s", json.dumps(self.stats))
@@ -106,6 +117,24 @@ class SFTDataModule(L.LightningDataModule):
                 f"{self.report['rejected_other']} rejected for other reasons). Reasons per file and line: "
                 f"{self.work_dir / 'rejects.jsonl'}"
             )
+
+    def _explicit_val_note(self, per_source: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """Stats of the data.val_sources set; adds its files and size to the data report and warns when
+        it is empty (no validation) or repeats training examples. Runs before packing: it compares
+        unpacked examples."""
+        assert self.train_examples is not None
+        n_val, paths = len(self.val_examples), list(per_source)
+        overlap = count_overlap(self.train_examples, self.val_examples)
+        if not n_val:
+            records = sum(c["records"] for c in per_source.values())
+            log.warning("no validation: data.val_sources (%s) gave no examples (%d records, %d malformed lines; reasons in "
+                        "%s); val/loss will not be logged", ", ".join(paths), records,
+                        sum(c["rejected"] for c in per_source.values()), self.work_dir / "rejects.jsonl")
+        if overlap:
+            log.warning("%d of %d validation examples are identical to a training example (same tokens and labels): "
+                        "the validation set leaks training data (%s vs data.sources)", overlap, n_val, ", ".join(paths))
+        self.report.update(val_sources=paths, val_examples=n_val, val_overlap_train=overlap)
+        return {"val_sources": per_source, "val_overlap_train": overlap}
 
     def _write(self, rejects: list[Reject]) -> None:
         (self.work_dir / "rejects.jsonl").write_text("".join(r.to_json() + "\n" for r in rejects), encoding="utf-8")
@@ -124,6 +153,7 @@ class SFTDataModule(L.LightningDataModule):
             seed=self.cfg.shuffle_seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            whole_windows=bool(trainer and trainer.strategy.handles_gradient_accumulation),  # DeepSpeed: see WindowedLoader
         )
         position = getattr(trainer.lightning_module, "resume_data_position", None) if trainer else None
         if position is not None:  # resuming: continue after the last micro-batch the checkpoint trained

@@ -9,6 +9,11 @@ hard-links it as `checkpoints/last-good.ckpt`. When `last.ckpt` was written righ
 step, its weights may be what broke (or the batch was): the stop moves it to
 `last-unverified.ckpt` and puts the last good checkpoint back as `last.ckpt`. The reason is printed
 and written to `<run_dir>/summary.json`.
+
+Under DDP, FSDP and DeepSpeed each rank trains different examples: when a guard fires, the example ids
+of every rank are gathered (`gather_ids`, a collective) so the report names them all. Every guard
+decides on values that are equal on all ranks (the step loss summed over ranks, the gradient norm
+after the all-reduce or the shard reduce), so all ranks enter the gather and stop together.
 """
 from __future__ import annotations
 
@@ -46,6 +51,22 @@ def example_origins(trainer: Any, ids: list[int], limit: int = 20) -> list[str]:
     return [origins[i] if origins and i < len(origins) else f"row {i}" for i in unique]
 
 
+def gather_ids(trainer: Any, *mine: list[int]) -> list[list[int]]:
+    """Each of this rank's id lists joined with the same list of every other rank, in rank order.
+
+    A collective under a multi-process strategy: every rank must call it at the same point, so call
+    it only on a decision all ranks share. One process (or no process group): the lists as given.
+    """
+    import torch.distributed as dist
+
+    lists = [list(ids) for ids in mine]
+    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return lists
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, lists)
+    return [[i for rank in gathered for i in rank[k]] for k in range(len(lists))]
+
+
 def last_checkpoint(trainer: Any) -> tuple[Path | None, int]:
     """(the `last.ckpt` a ModelCheckpoint wrote, the global_step stored in it), or (None, -1)."""
     for cb in trainer.checkpoint_callbacks:
@@ -81,22 +102,24 @@ class GuardCallback(L.Callback):
         if stats is None or stats.step != trainer.global_step or self._checked_step == stats.step:
             return
         self._checked_step = stats.step
-        if not math.isfinite(stats.loss):
-            self._stop(trainer, f"the training loss is {stats.loss}", stats.nonfinite_ids or stats.example_ids, self._nonfinite_causes())
+        if not math.isfinite(stats.loss):  # summed over ranks: a NaN micro-batch on one rank stops them all
+            bad, seen = gather_ids(trainer, stats.nonfinite_ids, stats.example_ids)
+            self._stop(trainer, f"the training loss is {stats.loss}", bad or seen, self._nonfinite_causes())
         norm = pl_module.grad_norm()
         if norm is not None and not bool(norm.isfinite()):
             if self.precision == "16-mixed":  # the loss scaler skips this update and lowers its scale
                 self.skipped_fp16_steps += 1
                 pl_module.log("train/fp16_skipped_steps", float(self.skipped_fp16_steps), on_step=True, on_epoch=False, rank_zero_only=True)
             else:
-                self._stop(trainer, f"the gradient norm is {float(norm)} (loss {stats.loss:.4f})", stats.example_ids, self._nonfinite_causes())
+                ids = gather_ids(trainer, stats.example_ids)[0]  # the norm of all-reduced gradients: same on all ranks
+                self._stop(trainer, f"the gradient norm is {float(norm)} (loss {stats.loss:.4f})", ids, self._nonfinite_causes())
         if stats.loss == 0.0:
             cause = (
                 f"this step has no trained token (every label is -100): a data or masking bug in its examples"
                 if stats.trained_tokens == 0
                 else f"{stats.trained_tokens} trained tokens predicted with probability 1: logits overflowed (lower optim.lr={self.lr:g})"
             )
-            self._stop(trainer, "the training loss is exactly 0", stats.example_ids, cause)
+            self._stop(trainer, "the training loss is exactly 0", gather_ids(trainer, stats.example_ids)[0], cause)
         self._keep_good(trainer, stats.step)
         self._check_spike(trainer, pl_module, stats)
 
@@ -111,7 +134,8 @@ class GuardCallback(L.Callback):
         stats = pl_module.last_step
         if norm is None or math.isfinite(norm) or self.precision == "16-mixed" or stats is None:
             return  # under fp16 DeepSpeed's loss scaler skips the step itself
-        self._stop(trainer, f"the gradient norm is {norm} (loss {stats.loss:.4f})", stats.example_ids, self._nonfinite_causes())
+        ids = gather_ids(trainer, stats.example_ids)[0]  # the engine's global norm: same on all ranks
+        self._stop(trainer, f"the gradient norm is {norm} (loss {stats.loss:.4f})", ids, self._nonfinite_causes())
 
     def _keep_good(self, trainer: Any, step: int) -> None:
         """last.ckpt holds the weights this step just ran without trouble: hard-link it as last-good.ckpt
@@ -153,14 +177,15 @@ class GuardCallback(L.Callback):
         spike, z = self.spikes.observe(stats.loss)
         if z is not None:
             pl_module.log("train/loss_zscore", max(min(z, 1e6), -1e6), on_step=True, on_epoch=False, rank_zero_only=True)
-        if not spike:
+        if not spike:  # judged on the loss summed over ranks: every rank takes the same branch
             return
+        ids = gather_ids(trainer, stats.example_ids)[0]
         skipped = self.cfg.skip_spikes and trainer.strategy.__class__.__name__ != "DeepSpeedStrategy"
         if skipped:  # the optimizer sees no gradient: weights, Adam moments and weight decay stay put
             for p in pl_module.parameters():
                 p.grad = None
         record = {"step": stats.step, "loss": stats.loss, "zscore": z, "skipped": skipped,
-                  "example_ids": stats.example_ids, "examples": example_origins(trainer, stats.example_ids)}
+                  "example_ids": ids, "examples": example_origins(trainer, ids)}
         log.warning("loss spike at step %d: loss %.4f, robust z %.1f%s; examples %s", stats.step, stats.loss, z,
                     " (update skipped)" if skipped else "", record["examples"])
         if trainer.is_global_zero:
@@ -189,15 +214,35 @@ class OverfitStopping(EarlyStopping):
     Patience runs out after `patience` validations without a val/loss improvement; the run stops if
     the mean training loss since the last validation is below the one at the best validation
     (overfitting, seed 3.1). A plateau of both losses keeps training.
+
+    Checkpoints keep its history (EarlyStopping's counters plus the training losses it compares), so
+    a run resumed from `last.ckpt` stops where the uninterrupted run would. The state is stored under
+    a key naming patience and min_delta: two instances do not overwrite each other's state, and a run
+    resumed with other settings starts their history afresh.
     """
 
     def __init__(self, patience: int, min_delta: float) -> None:
         super().__init__(monitor="val/loss", mode="min", patience=patience, min_delta=min_delta, strict=False,
                          verbose=True, check_on_train_epoch_end=False)
+        self._settings = {"patience": patience, "min_delta": min_delta}
         self._recent: list[float] = []
         self._seen_step = -1
         self.train_at_best: float | None = None
         self.train_now: float | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, **self._settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "recent_train_losses": list(self._recent), "seen_step": self._seen_step,
+                "train_at_best": self.train_at_best, "train_now": self.train_now}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._recent = list(state_dict["recent_train_losses"])
+        self._seen_step = state_dict["seen_step"]
+        self.train_at_best, self.train_now = state_dict["train_at_best"], state_dict["train_now"]
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         stats = pl_module.last_step

@@ -64,42 +64,64 @@ def highlight(tokenizer: Any, enc: dict[str, list[int]], color: bool) -> str:
     return "".join(f"{on}{text}{off}" if t else text for t, text in pieces)
 
 
-def inspect(cfg: TrainConfig, out: Any = sys.stdout) -> dict[str, Any]:
-    """Encode every source of cfg.data, print the first cfg.inspect.n examples and the counts."""
+def _count_source(cfg: TrainConfig, tokenizer: Any, parsed: Any, counts: collections.Counter,
+                  reasons: collections.Counter, show: int, color: bool, out: Any) -> None:
+    """Encode one parsed source into `counts` (and `reasons`); print examples while counts["examples"] < show."""
     from ta_train.chat import EncodingRejected, encode_with_info
-    from ta_train.data import read_source, resolve_source_path, trained_tokens
+    from ta_train.data import trained_tokens
+
+    counts["rejected"] += len(parsed.rejects)
+    reasons.update(r.reason.split(":")[0] for r in parsed.rejects)
+    for line, messages in zip(parsed.lines, parsed.conversations):
+        counts["lint"] += len(lint_double_newlines(tokenizer, messages))
+        try:
+            enc, info = encode_with_info(
+                tokenizer, messages, max_seq_len=cfg.data.max_seq_len,
+                train_on=cfg.objective.train_on.value, system=cfg.data.system_prompt,
+            )
+        except EncodingRejected as err:
+            counts["rejected"] += 1
+            reasons[str(err).split(":")[0]] += 1
+            continue
+        if counts["examples"] < show:
+            print(f"--- {parsed.path}:{line}  ({len(enc['input_ids'])} tokens, {trained_tokens(enc)} trained)", file=out)
+            print(highlight(tokenizer, enc, color), file=out)
+        counts["examples"] += 1
+        counts["tokens"] += len(enc["input_ids"])
+        counts["trained_tokens"] += trained_tokens(enc)
+        counts["truncated"] += any(info.values())
+
+
+def inspect(cfg: TrainConfig, out: Any = sys.stdout) -> dict[str, Any]:
+    """Encode every source of cfg.data, print the first cfg.inspect.n examples and the counts.
+
+    With data.val_sources set, also counts the validation files (all their records, before the
+    data.val_max_samples cap) and returns them as `val_examples` / `val_rejected`.
+    """
+    from ta_train.data import read_source, resolve_source_path
     from ta_train.model import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
     color = cfg.inspect.color == "always" or (cfg.inspect.color == "auto" and out.isatty())
     counts: collections.Counter = collections.Counter()
     reasons: collections.Counter = collections.Counter()
+    val: collections.Counter = collections.Counter()
     with tempfile.TemporaryDirectory() as work:
         for source in cfg.data.sources:
             parsed = read_source(resolve_source_path(source, Path(work)), source.format)
-            counts["rejected"] += len(parsed.rejects)
-            reasons.update(r.reason.split(":")[0] for r in parsed.rejects)
-            for line, messages in zip(parsed.lines, parsed.conversations):
-                counts["lint"] += len(lint_double_newlines(tokenizer, messages))
-                try:
-                    enc, info = encode_with_info(
-                        tokenizer, messages, max_seq_len=cfg.data.max_seq_len,
-                        train_on=cfg.objective.train_on.value, system=cfg.data.system_prompt,
-                    )
-                except EncodingRejected as err:
-                    counts["rejected"] += 1
-                    reasons[str(err).split(":")[0]] += 1
-                    continue
-                if counts["examples"] < cfg.inspect.n:
-                    print(f"--- {parsed.path}:{line}  ({len(enc['input_ids'])} tokens, {trained_tokens(enc)} trained)", file=out)
-                    print(highlight(tokenizer, enc, color), file=out)
-                counts["examples"] += 1
-                counts["tokens"] += len(enc["input_ids"])
-                counts["trained_tokens"] += trained_tokens(enc)
-                counts["truncated"] += any(info.values())
+            _count_source(cfg, tokenizer, parsed, counts, reasons, cfg.inspect.n, color, out)
+        val_paths = []
+        for source in cfg.data.val_sources or []:
+            parsed = read_source(resolve_source_path(source, Path(work)), source.format)
+            val_paths.append(parsed.path)
+            _count_source(cfg, tokenizer, parsed, val, reasons, 0, color, out)
     summary = {k: counts[k] for k in ("examples", "tokens", "trained_tokens", "truncated", "rejected", "lint")}
     share = summary["trained_tokens"] / max(summary["tokens"], 1)
     print(f"\n== {cfg.model.name} x {cfg.data.name}: " + ", ".join(f"{k} {v}" for k, v in summary.items()) + f" (trained share {share:.1%})", file=out)
+    if cfg.data.val_sources is not None:
+        summary.update(val_examples=val["examples"], val_rejected=val["rejected"])
+        print(f"== validation (data.val_sources, up to {cfg.data.val_max_samples} per file): examples {val['examples']}, "
+              f"rejected {val['rejected']} from {', '.join(val_paths) or 'no file'}", file=out)
     for reason, n in reasons.most_common(5):
         print(f"   rejected {n}: {reason}", file=out)
     return summary

@@ -45,6 +45,11 @@ class TokenAccuracy(Metric):
         self.correct += correct.to(self.correct.device)
         self.total += total.to(self.total.device)
 
+    def update_counts(self, correct: torch.Tensor, total: torch.Tensor) -> None:
+        """Add counts computed elsewhere (the fused loss counts without logits, ta_train.fused_ce)."""
+        self.correct += correct.detach().to(self.correct.device, torch.long)
+        self.total += total.detach().to(self.total.device, torch.long)
+
     def compute(self) -> torch.Tensor:
         """correct / total as a float scalar; 0 when nothing was counted."""
         return self.correct.double() / max(int(self.total), 1)
@@ -143,6 +148,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"data: rejected {report['rejected_all_masked']} with every label -100, {report['rejected_other']} for other reasons",
         f"data: sequence length p50 {report['len_p50']}, p95 {report['len_p95']}, max {report['len_max']} tokens",
     ]
+    if "val_sources" in report:  # data.val_sources set (the datamodule adds these keys)
+        lines.append(f"data: validation {report['val_examples']} examples from {', '.join(report['val_sources'])}, "
+                     f"{report['val_overlap_train']} identical to a training example")
     top = max((b["count"] for b in report["len_histogram"]), default=0) or 1
     for b in report["len_histogram"]:
         lines.append(f"  ({b['lo']:>6}, {b['hi']:>6}]  {'#' * round(30 * b['count'] / top):<30} {b['count']}")

@@ -1,6 +1,7 @@
 """`CausalLMModule`: supervised fine-tuning of a causal LM, one level under LightningModule."""
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,10 +10,12 @@ import lightning as L
 import torch
 
 from ta_train.config import PeftMethod, TrainConfig
-from ta_train.losses import sum_token_cross_entropy, window_scale
+from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
 from ta_train.metrics import TokenAccuracy
 from ta_train.model import build_model
 from ta_train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +43,11 @@ def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any) -> torch.Tens
     return reduce_sum(local_norm.float() ** 2).sqrt()
 
 
+# Batch entries that describe the micro-batch rather than feed the model (ta_train.data): they stay
+# CPU tensors, so the step reads them without waiting for the device.
+HOST_KEYS = ("window_tokens", "window_end", "position", "example_ids", "token_counts")
+
+
 class CausalLMModule(L.LightningModule):
     """Token-weighted SFT loss over each optimizer step, AdamW + warmup-cosine, train/val metrics.
 
@@ -55,7 +63,9 @@ class CausalLMModule(L.LightningModule):
         self.vocab_size = vocab_size
         self.model: Any = None
         self.strict_loading = cfg.peft.method == PeftMethod.none
-        self._step_sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, trained, tokens, tokens^2
+        self._step_sums: torch.Tensor | None = None  # loss_sum, trained of the open window: on the device
+        self._step_counts = torch.zeros(2, dtype=torch.float64)  # tokens, tokens^2: on the host (batch metadata)
+        self._window_finite: list[tuple[torch.Tensor, list[int]]] = []  # (loss is finite: device bool, ids)
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # loss_sum, trained
         self.train_token_acc = TokenAccuracy()  # counts over the open accumulation window
         self.val_token_acc = TokenAccuracy()
@@ -66,6 +76,8 @@ class CausalLMModule(L.LightningModule):
         self._grad_norm_cache: tuple[int, torch.Tensor | None] = (-1, None)
         self._data_position: tuple[int, int] | None = None  # (epoch, next micro-batch) to resume at
         self.resume_data_position: tuple[int, int] | None = None
+        self._fused: tuple[Any, Any] | None = None  # (decoder body, lm_head) under perf.fused_ce, else None
+        self._fused_checked = False  # _fused is decided on the first scored batch (the model exists by then)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -80,26 +92,77 @@ class CausalLMModule(L.LightningModule):
             use_cache=False,
         ).logits
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Only the model inputs go to the device; the metadata (HOST_KEYS) stays on the host."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        inputs = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in HOST_KEYS}, device, dataloader_idx)
+        return {k: inputs[k] if k in inputs else v for k, v in batch.items()}
+
+    def _score(self, batch: dict[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, ...]:
+        """(loss_sum, n_tokens, correct, total) over the batch's trained next-token positions.
+
+        Unfused: the model's full logits (B, T, V), ta_train.losses. With perf.fused_ce: the decoder
+        body's hidden states, the trained rows of them, and ta_train.fused_ce's chunked lm_head +
+        cross-entropy (no logits tensor; the same numbers up to float rounding).
+        """
+        labels = batch["labels"]
+        if not self._fused_checked:
+            self._fused, self._fused_checked = self._resolve_fused(), True
+        if self._fused is None:
+            logits = self(batch)
+            loss_sum, n_tokens = sum_token_cross_entropy(logits, labels, label_smoothing)
+            with torch.no_grad():
+                correct, total = token_accuracy_counts(logits.detach(), labels)
+            return loss_sum, n_tokens, correct, total
+        from ta_train.fused_ce import fused_linear_cross_entropy
+
+        body, head = self._fused
+        hidden = body(
+            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"), use_cache=False,
+        ).last_hidden_state
+        rows, targets = trained_rows(hidden, labels)  # (N, H): the shift works on any per-position tensor
+        loss_sum, n_tokens, correct = fused_linear_cross_entropy(
+            rows, head.weight, targets, head.bias, label_smoothing, self.cfg.perf.ce_chunk_rows
+        )
+        return loss_sum, n_tokens, correct, n_tokens
+
+    def _resolve_fused(self) -> tuple[Any, Any] | None:
+        """(decoder body, lm_head) when perf.fused_ce is on and applies to this model, else None (logged)."""
+        if not self.cfg.perf.fused_ce:
+            return None
+        from ta_train.fused_ce import fused_head
+
+        parts, why = fused_head(self.model, self.cfg.strategy.name, self.cfg.strategy.zero_stage)
+        if parts is None:
+            log.warning("perf.fused_ce: falling back to full logits: %s", why)
+        else:
+            log.info("perf.fused_ce: chunked lm_head + cross-entropy, %d rows per chunk (%s)", self.cfg.perf.ce_chunk_rows, why)
+        return parts
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """No host-device synchronization here except on the window's last micro-batch (_log_step):
+        the metadata is on the host and the step's sums stay on the device until then."""
         if "position" in batch:  # after this batch, training resumes at (epoch, index + 1)
-            epoch, index = (int(x) for x in batch["position"])
+            epoch, index = batch["position"].tolist()
             self._data_position = (epoch, index + 1)
-        logits = self(batch)
-        loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], self.cfg.objective.label_smoothing)
-        window_tokens = int(self.trainer.strategy.reduce(batch["window_tokens"].float(), reduce_op="sum").item())
+        loss_sum, n_tokens, correct, total = self._score(batch, self.cfg.objective.label_smoothing)
+        window_tokens = int(batch["window_tokens"])  # all ranks' tokens (ta_train.data.WindowedLoader)
         # DeepSpeed's engine divides by its accumulation steps again (Lightning already has)
         engine_divides = self.trainer.strategy.handles_gradient_accumulation
         loss = loss_sum * window_scale(self.accumulation, self.trainer.world_size, window_tokens, engine_divides)
         self._micro_batches += 1
         with torch.no_grad():
-            self.train_token_acc.update(logits, batch["labels"])
-            micro_loss = loss_sum.detach().double().cpu()
-            counts = batch["token_counts"].cpu().double() if "token_counts" in batch else torch.zeros(2, dtype=torch.float64)
-            self._step_sums += torch.stack([micro_loss, n_tokens.cpu().double(), counts[0], counts[1]])
+            self.train_token_acc.update_counts(correct, total)
+            micro_loss = loss_sum.detach().double()
+            sums = torch.stack([micro_loss, n_tokens.double()])
+            self._step_sums = sums if self._step_sums is None else self._step_sums + sums
+            if "token_counts" in batch:
+                self._step_counts += batch["token_counts"].double()
             ids = batch["example_ids"].tolist() if "example_ids" in batch else []
             self._window_ids += ids
-            if not torch.isfinite(micro_loss):
-                self._window_bad += ids
+            self._window_finite.append((torch.isfinite(micro_loss), ids))
         if bool(batch.get("window_end", True)):
             self._log_step()
         return loss
@@ -110,9 +173,20 @@ class CausalLMModule(L.LightningModule):
         Called on the micro-batch that closes an accumulation window (every rank reaches it at the
         same index), not from on_before_optimizer_step: under DeepSpeed Lightning calls that hook
         on every micro-batch.
+
+        The one host-device synchronization of the window: the device sums and the host counts are
+        reduced over ranks in one collective and come back, with each micro-batch's finite flag,
+        in one transfer.
         """
-        sums = self.trainer.strategy.reduce(self._step_sums.clone().to(self.device), reduce_op="sum").cpu()
-        self._step_sums.zero_()
+        step_sums = self._step_sums if self._step_sums is not None else torch.zeros(2, dtype=torch.float64, device=self.device)
+        local = torch.cat([step_sums, self._step_counts.to(self.device, non_blocking=True)])  # no stream sync
+        sums = self.trainer.strategy.reduce(local, reduce_op="sum")
+        finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
+        host = torch.cat([sums, finite.to(sums.device)]).cpu()
+        sums, finite = host[:4], host[4:]
+        self._window_bad = [j for ok, (_, ids) in zip(finite.tolist(), self._window_finite) if not ok for j in ids]
+        self._step_counts.zero_()
+        self._step_sums, self._window_finite = None, []
         token_acc = self.train_token_acc.compute()  # sums the counts over ranks, then divides
         self.train_token_acc.reset()
         loss = sums[0] / max(sums[1], 1)
@@ -174,9 +248,8 @@ class CausalLMModule(L.LightningModule):
         self.val_token_acc.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch)
-        loss_sum, n_tokens = sum_token_cross_entropy(logits, batch["labels"], label_smoothing=0.0)
-        self.val_token_acc.update(logits, batch["labels"])
+        loss_sum, n_tokens, correct, total = self._score(batch, label_smoothing=0.0)
+        self.val_token_acc.update_counts(correct, total)
         self._val_sums += torch.stack([loss_sum.double().cpu(), n_tokens.cpu().double()])
 
     def on_validation_epoch_end(self) -> None:

@@ -86,6 +86,9 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         gradient_checkpointing=ckpt if ckpt is not None else cfg.gradient_checkpointing,
         attn=attn_implementation(cfg),
         optimizer=cfg.optim.name,
+        cpu=(cfg.hw.accelerator if cfg.hw is not None else cfg.trainer.accelerator) == "cpu",
+        fused_ce=cfg.perf.fused_ce,
+        ce_chunk_rows=cfg.perf.ce_chunk_rows,
     )
 
 

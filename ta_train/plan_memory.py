@@ -71,6 +71,9 @@ class Setup:
     gradient_checkpointing: bool
     attn: str  # flash_attention_2 | sdpa | eager
     optimizer: str = "adamw"  # optim.name: adamw | adamw8bit | paged_adamw8bit
+    cpu: bool = False  # training on CPU (hw/trainer accelerator cpu): dropout saves a noise tensor, not a bool mask
+    fused_ce: bool = False  # perf.fused_ce: chunked lm_head + cross-entropy (ta_train.fused_ce)
+    ce_chunk_rows: int = 4096  # perf.ce_chunk_rows
 
     @property
     def half(self) -> bool:
@@ -172,93 +175,6 @@ def gradient_bytes(arch: ArchConfig, s: Setup) -> float:
     return float((2 if s.deepspeed_half else 4) * trainable_params(arch, s))
 
 
-def _resid_bytes(s: Setup) -> int:
-    """Bytes per element of the residual stream: it takes the embedding's dtype."""
-    if s.method == "none":
-        return 2 if s.deepspeed_half else 4  # fp32 embedding output under autocast
-    if s.method == "qlora":
-        return QLORA_UNQUANTIZED_BYTES
-    return dtype_bytes(s.frozen_dtype)
-
-
-def layer_activation_bytes_per_token(arch: ArchConfig, s: Setup) -> float:
-    """Bytes one decoder layer saves for backward per token, attention scores excluded.
-
-    Korthikanti et al. 2022 ("Reducing Activation Recomputation", eq. 2) count s*b*h*(34 + 5*a*s/h)
-    bytes per GPT layer in fp16: 11h + 5as attention, 19h MLP (4h wide, GeLU, dropout), 4h norms.
-    Adapted to Llama/Qwen-style layers (RMSNorm, RoPE, GQA, SwiGLU of width f, no dropout), e bytes
-    per activation (2 under half precision, 4 in fp32), g = n_kv_heads / n_heads:
-      norms      2 * (4h + e*h)   HF RMSNorm saves its fp32 input and the normalized half copy
-      attention  e*h (q/k/v input) + e*h*(1 + 2g) (q, k, v after RoPE) + e*h (o_proj input)
-                 + 4*a (fp32 logsumexp); sdpa/eager repeat k and v to all heads: g -> 1
-      MLP        e*h (input) + 4*e*f (gate out, up out, silu(gate), product = down input)
-      LoRA       per target of input width i: (e + 1)*i (dropout output + mask) when dropout > 0,
-                 plus e*r (A's output)
-    Every linear is assumed to save its input as in a full fine-tune: an upper bound for frozen
-    linears, whose inputs PyTorch may not need.
-    """
-    h, f, a, e = arch.hidden_size, arch.intermediate_size, arch.n_heads, (2 if s.half else 4)
-    g = arch.n_kv_heads / arch.n_heads if s.attn == "flash_attention_2" else 1.0
-    norms = 2 * (4 * h + e * h)
-    attn = e * h + e * h * (1 + 2 * g) + e * h + 4 * a
-    mlp = e * h + 4 * e * f
-    lora = 0.0
-    if s.method != "none":
-        for t in s.targets:
-            i = target_shape(t, arch)[0]
-            lora += (e + 1) * i * (s.lora_dropout > 0) + e * s.r
-    return norms + attn + mlp + lora
-
-
-def score_bytes_per_sequence(arch: ArchConfig, s: Setup) -> float:
-    """Materialized attention scores one layer saves per sequence: heads x T x T.
-
-    Only eager attention materializes them: it saves the fp32 softmax output and its half cast (HF
-    computes softmax in fp32), a*T^2*(4 + 2) bytes under half precision, a*T^2*4 in fp32.
-    flash_attention_2 and sdpa keep none (0). sdpa was measured both ways: on an H200 (bf16, full
-    rows and padded rows) it ran cuDNN / memory-efficient kernels and the plan without scores came
-    within 2.5% of max_memory_allocated, where counting them overestimated by 96 GiB; on CPU its
-    flash kernel kept none either (bench/RESULTS.md, gpu_check and memory_bench).
-    """
-    if s.attn != "eager":
-        return 0.0
-    return arch.n_heads * s.seq_len**2 * (4 + (2 if s.half else 0))
-
-
-def activation_bytes(arch: ArchConfig, s: Setup) -> float:
-    """Activations saved for backward per device for one micro-batch.
-
-    Without checkpointing: L layers of `layer_activation_bytes_per_token` * tokens + L * scores.
-    With full recompute (HF checkpoints every decoder layer): each layer keeps only its input
-    (resid bytes * h per token; Korthikanti's 2sbh) plus one layer's full activations and scores
-    while it is recomputed. Plus the final norm and lm_head input, (4 + 2e) * h per token.
-    The recomputed layer lives only in backward, after the loss and lm_head backward have freed
-    the logits buffers (`logits_bytes`), so only its excess over them adds to the peak. Measured on
-    CPU (bench/memory_bench.py): adding the whole layer over-predicted checkpointed LoRA runs by up
-    to 15%; with the excess rule they land 6-9% under (bench/RESULTS.md).
-    """
-    tokens = s.micro_batch * s.seq_len
-    e = 2 if s.half else 4
-    layer = layer_activation_bytes_per_token(arch, s) * tokens + score_bytes_per_sequence(arch, s) * s.micro_batch
-    head = (4 + 2 * e) * arch.hidden_size * tokens
-    if s.gradient_checkpointing:
-        recompute = max(0.0, layer - logits_bytes(arch, s))
-        return arch.n_layers * _resid_bytes(s) * arch.hidden_size * tokens + recompute + head
-    return arch.n_layers * layer + head
-
-
-def logits_bytes(arch: ArchConfig, s: Setup) -> float:
-    """Logits and loss buffers: tokens x vocab x (3 * 4 + e) bytes.
-
-    `ta_train.losses` upcasts the half logits (e bytes) to fp32 and cross_entropy's log-softmax keeps
-    its fp32 output; backward adds the gradient of that output and of the fp32 logits: three fp32
-    copies at the backward peak (x3), plus the half logits under half precision.
-    Qwen2's 152,064 vocab x 2,048 tokens x 4 B = 1.16 GiB per fp32 copy.
-    """
-    e = 2 if s.half else 0  # in fp32 the upcast is a no-op
-    return float(s.micro_batch * s.seq_len * arch.vocab_size * (3 * 4 + e))
-
-
 @dataclass(frozen=True)
 class Estimate:
     """Per-device GiB by kind, plus CPU RAM used by offload (all devices of the node together)."""
@@ -287,6 +203,8 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
     buckets, one more copy of the gradients (gradient_as_bucket_view is off by default).
     CPU RAM is reported for the whole node (processes on one node share it).
     """
+    from ta_train.plan_activations import activation_bytes, logits_bytes
+
     d = max(s.devices, 1)
     stage = s.shard_stage
     w, autocast_copy = weight_bytes(arch, s)

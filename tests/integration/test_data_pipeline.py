@@ -2,7 +2,8 @@
 
 No planted PII string may reach any file under the output folder (intermediates and rejects
 included), the summary names the counts, a rerun is byte-identical, `stage=dedup` runs alone, and
-`python -m ta_train data=teaching_mix` composes against the output and reads its sft.jsonl.
+`python -m ta_train data=teaching_mix` composes against the output, trains on its sft.jsonl and
+validates on its val.jsonl.
 """
 from __future__ import annotations
 
@@ -179,11 +180,25 @@ def test_ta_train_composes_against_the_output(run, make_cfg):
 
 @pytest.mark.slow  # imports torch + Lightning and trains the tiny model 2 steps (~30 s)
 def test_ta_train_trains_two_steps_on_the_output(run, make_cfg):
+    """Trains on all of sft.jsonl and validates on exactly the records of val.jsonl (data.val_sources)."""
+    import csv
+
     from ta_train.train import fit
 
-    _, out, _, _ = run
-    cfg = make_cfg("data=teaching_mix", f"data.dir={out}", "trainer.max_steps=2", "trainer.limit_val_batches=0",
-                   "checkpoint.every_n_steps=2")
-    fit(cfg)
-    metrics = (Path(cfg.run_dir) / "metrics.csv").read_text()
-    assert "train/loss" in metrics
+    _, out, _, files = run
+    n_train = len(files["sft.jsonl"].decode().splitlines())
+    n_val = len(files["val.jsonl"].decode().splitlines())
+    assert 0 < n_val <= 64  # under teaching_mix's val_max_samples: every record is kept
+    cfg = make_cfg("data=teaching_mix", f"data.dir={out}", "data.max_seq_len=1024", "trainer.max_steps=2",
+                   "trainer.val_check_interval=1", "checkpoint.every_n_steps=2")
+    trainer, _, _ = fit(cfg)
+    dm = trainer.datamodule
+    assert len(dm.val_examples) == n_val and dm.stats["val_sources"] == {
+        str(out / "val.jsonl"): {"records": n_val, "rejected": 0, "val": n_val}}
+    assert dm.stats["sources"][str(out / "sft.jsonl")]["train"] == n_train  # no val_fraction held out
+    assert dm.stats["val_overlap_train"] == 0  # the pipeline's split leaks nothing
+    rows = list(csv.DictReader((Path(cfg.run_dir) / "metrics.csv").open()))
+    assert any(r.get("train/loss") for r in rows)
+    assert [float(r["val/loss"]) for r in rows if r.get("val/loss")]  # logged at steps 1 and 2
+    report = json.loads((Path(cfg.run_dir) / "data_stats.json").read_text())
+    assert report["val_sources"] == [str(out / "val.jsonl")] and report["val_examples"] == n_val

@@ -82,3 +82,30 @@ def test_torchrun_ranks_are_used_by_lightning_and_need_a_pinned_run_dir(tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 8 and math.isfinite(summary["final_val_loss"])
     assert log.count("TeachingAssistant run finished") == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_guards_under_ddp_name_the_examples_of_every_rank(tmp_path):
+    """Rank 1 alone holds a spiking window (step 4) and a NaN micro-batch (step 6): both ranks stop at
+    step 6, and spikes.jsonl / summary.json (written by rank 0) name rank 1's examples."""
+    run_dir = tmp_path / "guards"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    overrides = [*DDP, "optim.lr=1e-3", "trainer.limit_val_batches=0", "guards.spike_min_history=3", "guards.skip_spikes=true"]
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "integration" / "ddp_guard_probe.py"), str(run_dir), *overrides],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((run_dir / f"guard_rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["origins"] == r1["origins"]  # example ids index the same global rows on every rank
+    origins = r0["origins"]
+    poisoned = r1["poisoned"]
+    assert poisoned and not set(poisoned) & set(r0["seen"]["6"])  # the NaN rows live on rank 1 only
+    named = [origins[i] for i in dict.fromkeys(poisoned)]
+    assert r0["stopped_at"] == r1["stopped_at"] == 6
+    assert r0["examples"] == r1["examples"] == named
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["examples"] == named and "the training loss is nan" in summary["stop_reason"]
+    spikes = [json.loads(line) for line in (run_dir / "spikes.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in spikes] == [4] and spikes[0]["skipped"]
+    both = r0["seen"]["4"] + r1["seen"]["4"]  # rank order
+    assert spikes[0]["example_ids"] == both
+    assert spikes[0]["examples"] == [origins[i] for i in dict.fromkeys(both)]

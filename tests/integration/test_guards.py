@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from ta_train.guards import TrainingStopped
+from ta_train.guards import OverfitStopping, TrainingStopped, stop_reason
 from ta_train.train import fit, run
 
 # one micro-batch of 2 short examples per optimizer step, no validation unless a test asks
@@ -121,8 +121,8 @@ def test_loss_spike_is_logged_with_its_examples_and_skipped(make_cfg):
 class ValWorsens(L.Callback):
     """Validation k sees its logits scaled by 1 + 0.5k: val loss rises while training goes on."""
 
-    def __init__(self):
-        self.k, self.hook = 0, None
+    def __init__(self, start: int = 0):
+        self.k, self.hook = start, None
 
     def on_validation_start(self, trainer, pl_module):
         scale = 1 + 0.5 * self.k
@@ -144,6 +144,50 @@ def test_val_rising_while_train_falls_stops_early_with_the_reason_in_the_summary
     assert summary["steps"] == 6  # validations after steps 2 (best), 4 and 6: patience 2 runs out
     assert summary["stop_reason"].startswith("early stopping at step 6: overfitting: val/loss")
     assert "train loss fell from" in summary["stop_reason"]
+
+
+class CrashAt(L.Callback):
+    """Raises at the start of step `step`, after the checkpoint of the step before was written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_overfit_stopping_keeps_its_history_across_a_resume_from_last_ckpt(make_cfg, tmp_path):
+    common = ["batch.micro_size=2", "batch.global_size=2", "data.max_seq_len=128", "optim.lr=2e-2",
+              "trainer.max_steps=12", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              "guards.early_stopping.patience=2", "checkpoint.every_n_steps=1"]
+    first = make_cfg(*common, f"run_dir={tmp_path / 'first'}")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(first, [ValWorsens(), CrashAt(5)])  # validations after steps 2 (best) and 4, then a crash
+    last = Path(first.run_dir) / "checkpoints" / "last.ckpt"
+    key = OverfitStopping(2, first.guards.early_stopping.min_delta).state_key
+    saved = torch.load(last, weights_only=False)
+    state = saved["callbacks"][key]
+    assert saved["global_step"] == 5 and state["wait_count"] == 1 and state["train_at_best"] is not None
+    resumed = make_cfg(*common, f"run_dir={tmp_path / 'resumed'}", f"ckpt_path={last}")
+    trainer, _, _ = fit(resumed, [ValWorsens(start=2)])
+    # the validation after step 6 runs out patience 2 and compares with the training loss at step 2's
+    # best, as the uninterrupted run does (test above)
+    reason = stop_reason(trainer)
+    assert trainer.global_step == 6, reason
+    assert reason.startswith("early stopping at step 6: overfitting: val/loss")
+    assert f"train loss fell from {state['train_at_best']:.4f} to" in reason
+
+
+def test_overfit_stopping_state_round_trips_under_a_key_of_its_settings():
+    a, b = OverfitStopping(patience=2, min_delta=0.0), OverfitStopping(patience=5, min_delta=0.01)
+    assert a.state_key != b.state_key and "patience" in a.state_key
+    a._recent, a._seen_step, a.train_at_best, a.train_now, a.wait_count = [2.5, 2.25], 7, 3.0, 2.75, 1
+    a.best_score = torch.tensor(1.5)
+    c = OverfitStopping(patience=2, min_delta=0.0)
+    c.load_state_dict(a.state_dict())
+    assert (c._recent, c._seen_step, c.train_at_best, c.train_now, c.wait_count) == ([2.5, 2.25], 7, 3.0, 2.75, 1)
+    assert float(c.best_score) == 1.5 and c.state_key == a.state_key
 
 
 def _with_callbacks(callbacks):

@@ -3,11 +3,21 @@ from __future__ import annotations
 
 import pytest
 
-from ta_export.modelfile import ModelfileSettings, check_template, default_system, hf_prompt_text, ollama_commands, render_modelfile, template_tokens
+from ta_export.modelfile import (
+    ModelfileSettings,
+    check_template,
+    default_system,
+    hf_prompt_text,
+    modelfile_value,
+    ollama_commands,
+    render_modelfile,
+    template_tokens,
+)
 from ta_export.ollama_templates import go_template, stop_strings
 from ta_export.runs import ExportError
 from ta_train.chat_families import BAICHUAN2_TEMPLATE, CHATML_TEMPLATE, LLAMA2_TEMPLATE, LLAMA3_TEMPLATE
 from tests.gotemplate import build_renderer, render
+from tests.ollama_modelfile import ModelfileSyntaxError, parse_modelfile
 from tests.tokenizers import fresh_tokenizer, shared_template
 
 COURSE = "You are the TA of ML 101.\nAnswer from the course; say you do not know otherwise."
@@ -98,3 +108,66 @@ def test_modelfile_has_from_template_system_parameters_and_real_stops():
     assert stop_strings("llama2", "</s>") == ["</s>", "[INST]"]
     assert stop_strings("llama3", "<|eot_id|>") == ["<|eot_id|>"]
     assert ollama_commands("ta-ml101", "exports/v1/Modelfile") == ["ollama create ta-ml101 -f exports/v1/Modelfile", "ollama run ta-ml101"]
+
+
+def test_the_parser_model_reads_modelfiles_as_ollama_does():
+    """Cases whose reading by Ollama's ParseFile is known (its tests and code), for the model in tests/."""
+    text = 'FROM  ./a b.gguf  \n# note\nPARAMETER stop "x "\nPARAMETER stop """<|im_end|>"""\nSYSTEM """\nTwo\nlines "q".\n"""\nTEMPLATE """"""\n'
+    assert parse_modelfile(text) == [("model", "./a b.gguf"), ("stop", "x "), ("stop", "<|im_end|>"),
+                                     ("system", '\nTwo\nlines "q".\n'), ("template", "")]
+    assert parse_modelfile('FROM m\nSYSTEM """ends in a quote""""') == [("model", "m"), ("system", 'ends in a quote"')]
+    assert parse_modelfile('FROM m\nSYSTEM """a"""\nSYSTEM b"""\n') == [("model", "m"), ("system", "a"), ("system", 'b"""')]
+    for bad in ('FROM m\nSYSTEM """a"""\nb"""\n', 'FROM m\nSYSTEM """open', 'FROM m\nSYSTEM "open\n', "SYSTEM x\n", "FROM m\nBOGUS x\n"):
+        with pytest.raises(ModelfileSyntaxError):
+            parse_modelfile(bad)
+
+
+READ_BACK = [
+    'Say "hi"', 'ends in a quote"', 'ends in two""', 'ends in three"""', 'a """triple""" mid-line', '"starts with a quote',
+    '""starts with two', '"""starts with three', 'multi\nline "quoted"\nlast"', 'tab\tinside', "  spaces around  ",
+    "CRLF\r\nline", "学习率 😀 ünïcode", "#not a comment", "x\n\n\ny", 'line ending in two""\nnext', '"""',
+]
+NO_FORM = ['line one ends in three"""\nline two', 'x"""  \t\ny', '"""\n', "bell\x07", "no\u00a0break space",
+           "zero\u200bwidth", "line\u2028separator", "vertical\x0btab", "nul\x00"]
+
+
+def _read(value: str) -> str | None:
+    try:
+        commands = parse_modelfile(f"FROM m\nSYSTEM {value}\nPARAMETER num_ctx 8\n")
+    except ModelfileSyntaxError:
+        return None
+    return commands[1][1] if commands[1][0] == "system" and len(commands) == 3 else None
+
+
+@pytest.mark.parametrize("text", READ_BACK)
+@pytest.mark.parametrize("prefer", [(), ("quoted",), ("bare", "quoted")])
+def test_modelfile_values_read_back_unchanged(text, prefer):
+    assert _read(modelfile_value("SYSTEM", text, prefer)) == text
+
+
+@pytest.mark.parametrize("text", NO_FORM)
+def test_text_no_modelfile_form_reads_back_is_refused_naming_the_field(text):
+    assert all(_read(form.format(text)) != text for form in ("{}", '"{}"', '"""{}"""'))  # truly no form
+    with pytest.raises(ExportError, match=r"^SYSTEM \(data.system_prompt\): line 1"):
+        modelfile_value("SYSTEM (data.system_prompt)", text)
+
+
+def test_refusals_say_what_and_where():
+    with pytest.raises(ExportError, match=r'TEMPLATE: line 2 of 3 ends in """, where Ollama\'s Modelfile parser would end the value'):
+        modelfile_value("TEMPLATE", 'one\ntwo"""\nthree')
+    with pytest.raises(ExportError, match=r"SYSTEM: line 2, column 3 holds '\\xa0' \(U\+00A0\), which Ollama's Modelfile parser drops"):
+        modelfile_value("SYSTEM", "ok\nab\u00a0c")
+
+
+def test_rendered_modelfile_reads_back_as_written(tmp_path):
+    tok = fresh_tokenizer("smollm2", "chatml")
+    system = 'You are the TA of "ML 101".\nQuote the course: """loss""" is what we minimize.\nSay "I don\'t know"'
+    gguf = str(tmp_path / "my exports" / "model.gguf")
+    text = render_modelfile(gguf, tok, "chatml", system, ModelfileSettings(num_ctx=384))
+    assert parse_modelfile(text) == [
+        ("model", gguf), ("template", go_template("chatml", template_tokens(tok))), ("system", system),
+        ("temperature", "0.3"), ("repeat_penalty", "1.05"), ("num_ctx", "384"),
+        *[("stop", s) for s in stop_strings("chatml", tok.eos_token)],
+    ]
+    with pytest.raises(ExportError, match="SYSTEM \\(data.system_prompt\\): line 1 of 2"):
+        render_modelfile(gguf, tok, "chatml", 'Answer like this: """\nthen stop', ModelfileSettings())
