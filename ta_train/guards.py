@@ -115,7 +115,7 @@ class GuardCallback(L.Callback):
                 self._stop(trainer, f"the gradient norm is {float(norm)} (loss {stats.loss:.4f})", ids, self._nonfinite_causes())
         if stats.loss == 0.0:
             cause = (
-                f"this step has no trained token (every label is -100): a data or masking bug in its examples"
+                "this step has no trained token (every label is -100): a data or masking bug in its examples"
                 if stats.trained_tokens == 0
                 else f"{stats.trained_tokens} trained tokens predicted with probability 1: logits overflowed (lower optim.lr={self.lr:g})"
             )
