@@ -105,3 +105,38 @@ def test_a_compiled_run_answers_the_demo_question_eagerly(make_cfg, tmp_path):
     before = dict(dynamo_utils.counters["stats"])
     assert isinstance(answer(module, tokenizer, "What is a gradient?", cfg), str)
     assert dict(dynamo_utils.counters["stats"]) == before
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_compiled_layers_feed_the_fused_loss_like_eager_full_logits(make_cfg, peft):
+    """perf.compile + perf.fused_ce together (the GPU check's fastest case): the fused path calls
+    the decoder body, whose layers are the compiled ones; 3 AdamW steps through
+    CausalLMModule._score give the eager, unfused losses and the same token counts."""
+    from ta_train.module import CausalLMModule
+
+    ids = torch.randint(0, 49152, (2, 40), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :12] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    runs = {}
+    for fast in (False, True):
+        flags = ["perf.fused_ce=true", "perf.ce_chunk_rows=16", "perf.compile=true", "perf.compile_backend=aot_eager"] if fast else []
+        cfg = make_cfg(f"peft={peft}", "peft.dropout=0.0", "optim.lr=1e-3", *flags)
+        torch.manual_seed(cfg.seed)
+        module = CausalLMModule(cfg, accumulation=1)
+        module.configure_model()
+        assert (module._resolve_fused() is not None) == fast
+        if fast:
+            assert all(layer._compiled_call_impl is not None for layer in decoder_layers(module.model))
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.optim.lr)
+        losses, counts = [], []
+        for _ in range(3):
+            loss_sum, n, correct, total = module._score(batch, 0.05)
+            (loss_sum / n).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss_sum / n))
+            counts.append((int(n), int(total)))
+        runs[fast] = (losses, counts)
+    assert runs[True][1] == runs[False][1] == [(2 * 28, 2 * 28)] * 3
+    assert_same_losses(runs[True][0], runs[False][0])
