@@ -84,6 +84,11 @@ class ModelConfig:
     # None: the tokenizer's pad, else eos (padding is masked by position, so eos still trains);
     # a token string: use that existing token; "add": a new <pad> row, initialized to the mean.
     pad_token: Optional[str] = None
+    # Logits are exactly lm_head(decoder hidden states), so perf.fused_ce can replace the head. False
+    # for a normalized or scaled head (Baichuan2's NormHead) or a model type outside
+    # ta_train.fused_ce.FUSED_MODEL_TYPES: the planner then counts the full logits and the module
+    # keeps them.
+    plain_lm_head: bool = True
     arch: ArchConfig = MISSING
 
 

@@ -89,6 +89,7 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         cpu=(cfg.hw.accelerator if cfg.hw is not None else cfg.trainer.accelerator) == "cpu",
         fused_ce=cfg.perf.fused_ce,
         ce_chunk_rows=cfg.perf.ce_chunk_rows,
+        plain_lm_head=cfg.model.plain_lm_head,
     )
 
 
