@@ -294,6 +294,8 @@ class PerfConfig:
     compile_backend: str = "inductor"  # inductor | aot_eager (no generated kernels: debugging) | eager (dynamo only)
 
     def __post_init__(self) -> None:
+        if self.ce_chunk_rows < 1:
+            raise ValueError(f"perf.ce_chunk_rows={self.ce_chunk_rows}: expected a positive number of rows per chunk")
         _check_choice("perf.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_choice("perf.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
         if self.compile_mode != "default" and self.compile_backend != "inductor":
