@@ -24,7 +24,8 @@ logits (ta_train.module): lm_head is not a plain Linear (LoRA on lm_head, module
 quantized or normalized head such as Baichuan2's NormHead); DeepSpeed ZeRO-3 or FSDP (the lm_head
 weight is sharded and only its module's own forward gathers it); a model type whose causal-LM
 forward is not exactly lm_head(decoder(x).last_hidden_state) (logit scaling or soft-capping:
-Gemma2, Cohere, Granite, ...), or a model without a decoder body.
+Gemma2, Cohere, Granite, ...), a model whose config sets `plain_lm_head: false` (the planner reads
+the same flag, `ta_train.plan_activations.fused_ce_applies`), or a model without a decoder body.
 """
 from __future__ import annotations
 
