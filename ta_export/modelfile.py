@@ -109,7 +109,9 @@ def _reads_back(form: str, text: str) -> bool:
     and takes it whole if it is bare, or if it opens and closes with the same quote (one double
     quote, or three), which it then strips; otherwise it keeps reading across the line break. So:
     bare text is one line, not blank, without whitespace at its ends or a leading double quote;
-    "quoted" text is one line not starting with two double quotes; triple-quoted text may hold three
+    "quoted" text is one line whose quoted form does not open with three double quotes (text
+    starting with two, or exactly one double quote, written as three: the parser would read an
+    unclosed triple-quoted value and swallow the lines after it); triple-quoted text may hold three
     double quotes anywhere and end in one, but no line before its last may end in three (the value
     would end there).
     """
@@ -117,7 +119,7 @@ def _reads_back(form: str, text: str) -> bool:
     if form == "bare":
         return len(lines) == 1 and bool(text) and text == text.strip(" \t") and not text.startswith('"')
     if form == "quoted":
-        return len(lines) == 1 and not text.startswith('""')
+        return len(lines) == 1 and not ('"' + text + '"').startswith('"""')
     return not any(line.rstrip(" \t").endswith('"""') for line in lines[:-1])
 
 

@@ -84,6 +84,11 @@ class ModelConfig:
     # None: the tokenizer's pad, else eos (padding is masked by position, so eos still trains);
     # a token string: use that existing token; "add": a new <pad> row, initialized to the mean.
     pad_token: Optional[str] = None
+    # Logits are exactly lm_head(decoder hidden states), so perf.fused_ce can replace the head. False
+    # for a normalized or scaled head (Baichuan2's NormHead) or a model type outside
+    # ta_train.fused_ce.FUSED_MODEL_TYPES: the planner then counts the full logits and the module
+    # keeps them.
+    plain_lm_head: bool = True
     arch: ArchConfig = MISSING
 
 
@@ -289,6 +294,8 @@ class PerfConfig:
     compile_backend: str = "inductor"  # inductor | aot_eager (no generated kernels: debugging) | eager (dynamo only)
 
     def __post_init__(self) -> None:
+        if self.ce_chunk_rows < 1:
+            raise ValueError(f"perf.ce_chunk_rows={self.ce_chunk_rows}: expected a positive number of rows per chunk")
         _check_choice("perf.compile_mode", self.compile_mode, COMPILE_MODES)
         _check_choice("perf.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
         if self.compile_mode != "default" and self.compile_backend != "inductor":

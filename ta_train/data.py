@@ -157,7 +157,9 @@ class WindowedLoader:
 
     whole_windows=True (set when the strategy's engine counts the accumulation itself, i.e.
     DeepSpeed) drops the epoch's incomplete tail window, so every epoch is a whole number of
-    windows; the dropped examples come back, reshuffled, in the next epoch. Why: Lightning calls
+    windows. The tail is whatever the epoch's seeded shuffle puts past the last whole window, so
+    each epoch drops a fresh random tail: an example can be dropped in several epochs (or none),
+    and the last epoch's tail is not trained at all. Why: Lightning calls
     the DeepSpeed engine's backward() and step() on every micro-batch and the engine steps when
     its own micro-step counter, which runs on across epochs, reaches a multiple of the
     accumulation; Lightning's global_step and LR scheduler advance when the epoch's batch index

@@ -24,7 +24,8 @@ logits (ta_train.module): lm_head is not a plain Linear (LoRA on lm_head, module
 quantized or normalized head such as Baichuan2's NormHead); DeepSpeed ZeRO-3 or FSDP (the lm_head
 weight is sharded and only its module's own forward gathers it); a model type whose causal-LM
 forward is not exactly lm_head(decoder(x).last_hidden_state) (logit scaling or soft-capping:
-Gemma2, Cohere, Granite, ...), or a model without a decoder body.
+Gemma2, Cohere, Granite, ...), a model whose config sets `plain_lm_head: false` (the planner reads
+the same flag, `ta_train.plan_activations.fused_ce_applies`), or a model without a decoder body.
 """
 from __future__ import annotations
 
@@ -175,13 +176,19 @@ def fused_linear_cross_entropy(
     return loss_sum, torch.tensor(targets.numel(), device=targets.device), correct
 
 
-def fused_head(model: Any, strategy: str, zero_stage: int) -> tuple[Optional[tuple[Any, Any]], str]:
+def fused_head(
+    model: Any, strategy: str, zero_stage: int, plain_lm_head: bool = True
+) -> tuple[Optional[tuple[Any, Any]], str]:
     """((decoder body, lm_head Linear), why) when the fused loss can replace `model`'s head, else (None, why).
 
     model: an HF causal LM, or a PEFT model around one (LoRA/QLoRA); strategy / zero_stage: the
-    run's strategy group. The body is the CausalLM's `.model` (a PEFT model's base model's `.model`),
-    called with the same inputs as the whole model; its last_hidden_state feeds the head.
+    run's strategy group; plain_lm_head: model.plain_lm_head (False: the config says the head is not
+    a plain lm_head, declined as the planner's `fused_ce_applies` does). The body is the CausalLM's
+    `.model` (a PEFT model's base model's `.model`), called with the same inputs as the whole model;
+    its last_hidden_state feeds the head.
     """
+    if not plain_lm_head:
+        return None, "model.plain_lm_head is false: the config says the logits are not a plain lm_head(hidden)"
     if strategy == "fsdp":
         return None, "FSDP shards the lm_head weight; only the wrapped module's forward gathers it"
     if strategy == "deepspeed" and zero_stage >= 3:

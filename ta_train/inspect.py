@@ -95,10 +95,13 @@ def _count_source(cfg: TrainConfig, tokenizer: Any, parsed: Any, counts: collect
 def inspect(cfg: TrainConfig, out: Any = sys.stdout) -> dict[str, Any]:
     """Encode every source of cfg.data, print the first cfg.inspect.n examples and the counts.
 
-    With data.val_sources set, also counts the validation files (all their records, before the
-    data.val_max_samples cap) and returns them as `val_examples` / `val_rejected`.
+    With data.val_sources set, also reads the validation files as training does
+    (`ta_train.data.read_val_sources`: a missing file names data.val_sources[k].path; each file
+    capped at data.val_max_samples records) and returns `val_records` (records read, all files),
+    `val_examples` (the capped records that encode: what validation will use) and `val_rejected`
+    (malformed lines, and capped records that do not encode).
     """
-    from ta_train.data import read_source, resolve_source_path
+    from ta_train.data import SourceRecords, read_source, read_val_sources, resolve_source_path
     from ta_train.model import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
@@ -110,18 +113,17 @@ def inspect(cfg: TrainConfig, out: Any = sys.stdout) -> dict[str, Any]:
         for source in cfg.data.sources:
             parsed = read_source(resolve_source_path(source, Path(work)), source.format)
             _count_source(cfg, tokenizer, parsed, counts, reasons, cfg.inspect.n, color, out)
-        val_paths = []
-        for source in cfg.data.val_sources or []:
-            parsed = read_source(resolve_source_path(source, Path(work)), source.format)
-            val_paths.append(parsed.path)
-            _count_source(cfg, tokenizer, parsed, val, reasons, 0, color, out)
+        val_items, val_rejects, val_files = read_val_sources(cfg.data, Path(work))
+        capped = SourceRecords("data.val_sources", [m for _, _, m in val_items], [n for _, n, _ in val_items], val_rejects)
+        _count_source(cfg, tokenizer, capped, val, reasons, 0, color, out)
+        val_records = sum(f["records"] for f in val_files.values())
     summary = {k: counts[k] for k in ("examples", "tokens", "trained_tokens", "truncated", "rejected", "lint")}
     share = summary["trained_tokens"] / max(summary["tokens"], 1)
     print(f"\n== {cfg.model.name} x {cfg.data.name}: " + ", ".join(f"{k} {v}" for k, v in summary.items()) + f" (trained share {share:.1%})", file=out)
     if cfg.data.val_sources is not None:
-        summary.update(val_examples=val["examples"], val_rejected=val["rejected"])
-        print(f"== validation (data.val_sources, up to {cfg.data.val_max_samples} per file): examples {val['examples']}, "
-              f"rejected {val['rejected']} from {', '.join(val_paths) or 'no file'}", file=out)
+        summary.update(val_records=val_records, val_examples=val["examples"], val_rejected=val["rejected"])
+        print(f"== validation (data.val_sources, up to {cfg.data.val_max_samples} per file): examples {val['examples']} "
+              f"of {val_records} records read, rejected {val['rejected']} from {', '.join(val_files) or 'no file'}", file=out)
     for reason, n in reasons.most_common(5):
         print(f"   rejected {n}: {reason}", file=out)
     return summary

@@ -134,7 +134,7 @@ class CausalLMModule(L.LightningModule):
             return None
         from ta_train.fused_ce import fused_head
 
-        parts, why = fused_head(self.model, self.cfg.strategy.name, self.cfg.strategy.zero_stage)
+        parts, why = fused_head(self.model, self.cfg.strategy.name, self.cfg.strategy.zero_stage, self.cfg.model.plain_lm_head)
         if parts is None:
             log.warning("perf.fused_ce: falling back to full logits: %s", why)
         else:

@@ -13,7 +13,9 @@ not fit `hw.memory_gib`, walks the seed's OOM path in order, stopping at the fir
 
 Steps 3-5 need a GPU (DeepSpeed). Steps 4-5 are ours, not the seed's: the issue asks the 2xa6000 profile to add offload where ZeRO
 alone does not fit a full 7B fine-tune. Changes accumulate; each one is recorded in `changes`.
-Imports only the standard library and `ta_train.config`: no torch, planning runs before loading.
+Imports only the standard library and `ta_train.config` at its top: no torch, planning runs before
+loading. The one exception, inside `runs_on_cpu`: with no hw profile and trainer.accelerator "auto",
+torch says whether a GPU is there (the training path has imported it already).
 """
 from __future__ import annotations
 
@@ -65,6 +67,21 @@ def attn_implementation(cfg: TrainConfig) -> str:
     return "sdpa"
 
 
+def runs_on_cpu(cfg: TrainConfig) -> bool:
+    """Whether the run trains on CPU: the hw profile's accelerator, else trainer.accelerator, with
+    "auto" resolved as Lightning does (a CUDA or MPS device when one is available, else the CPU).
+
+    Only "auto" without a hw profile asks torch, imported here and not at the module's top: the
+    training path has loaded it already, and `import ta_train.plan` stays light.
+    """
+    accelerator = cfg.hw.accelerator if cfg.hw is not None else cfg.trainer.accelerator
+    if accelerator != "auto":
+        return accelerator == "cpu"
+    import torch
+
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
 def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setup:
     peft, st = cfg.peft, cfg.strategy
     return Setup(
@@ -86,9 +103,10 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         gradient_checkpointing=ckpt if ckpt is not None else cfg.gradient_checkpointing,
         attn=attn_implementation(cfg),
         optimizer=cfg.optim.name,
-        cpu=(cfg.hw.accelerator if cfg.hw is not None else cfg.trainer.accelerator) == "cpu",
+        cpu=runs_on_cpu(cfg),
         fused_ce=cfg.perf.fused_ce,
         ce_chunk_rows=cfg.perf.ce_chunk_rows,
+        plain_lm_head=cfg.model.plain_lm_head,
     )
 
 

@@ -159,11 +159,11 @@ def activation_bytes(arch: ArchConfig, s: Setup) -> float:
 
 
 def fused_ce_applies(s: Setup) -> bool:
-    """perf.fused_ce is on and the module will not fall back (ta_train.fused_ce.fused_head): no
-    FSDP, no ZeRO-3, no LoRA on lm_head. The model type is not known here (assumed supported)."""
+    """perf.fused_ce is on and the module will not fall back (ta_train.fused_ce.fused_head): the
+    model's head is a plain lm_head (model.plain_lm_head), no FSDP, no ZeRO-3, no LoRA on lm_head."""
     sharded = s.strategy == "fsdp" or (s.strategy == "deepspeed" and s.zero_stage >= 3)
     lora_head = s.method != "none" and "lm_head" in s.targets
-    return s.fused_ce and not sharded and not lora_head
+    return s.fused_ce and s.plain_lm_head and not sharded and not lora_head
 
 
 def fused_ce_bytes(arch: ArchConfig, s: Setup) -> float:

@@ -74,6 +74,7 @@ class Setup:
     cpu: bool = False  # training on CPU (hw/trainer accelerator cpu): dropout saves a noise tensor, not a bool mask
     fused_ce: bool = False  # perf.fused_ce: chunked lm_head + cross-entropy (ta_train.fused_ce)
     ce_chunk_rows: int = 4096  # perf.ce_chunk_rows
+    plain_lm_head: bool = True  # model.plain_lm_head: the fused loss can replace the head
 
     @property
     def half(self) -> bool:

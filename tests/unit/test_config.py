@@ -108,6 +108,18 @@ def test_string_choices_fail_before_anything_loads(override, message):
         typed([override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("perf.ce_chunk_rows=0", r"perf\.ce_chunk_rows=0: expected a positive"),
+    ("perf.ce_chunk_rows=-4", r"perf\.ce_chunk_rows=-4: expected a positive"),
+    ("perf.compile_mode=fast", r"perf\.compile_mode='fast': expected one of"),
+    ("perf.compile_backend=xla", r"perf\.compile_backend='xla': expected one of"),
+    ("perf.compile_dynamic=maybe", r"compile_dynamic"),
+])
+def test_bad_perf_values_fail_at_composition_naming_the_key(override, message):
+    with pytest.raises(Exception, match=message):
+        typed([override])
+
+
 def test_non_divisible_batch_is_an_error():
     cfg = typed(["batch.global_size=10", "batch.micro_size=4"])
     with pytest.raises(ValueError, match="global_size=10 is not a multiple"):

@@ -251,3 +251,55 @@ def test_plan_of_a_run_with_fused_ce_has_smaller_buffers():
 
     off, on = plan(), plan("perf.fused_ce=true")
     assert off.breakdown["buffers"] - on.breakdown["buffers"] == pytest.approx(9.0 - 1.15, abs=0.01)
+
+
+@pytest.mark.parametrize("model, fused", [("baichuan2_7b", False), ("qwen7b", True)])
+def test_plan_counts_full_logits_for_a_head_that_falls_back(model, fused):
+    from ta_train.plan import _setup, plan_for
+
+    def plan(*extra):
+        cfg, OmegaConf = compose([f"model={model}", "peft=lora", "precision=bf16-mixed", "batch.micro_size=8",
+                                  "batch.global_size=8", "data.max_seq_len=2048", "run_dir=/tmp/ta-fused-plan", *extra])
+        c = OmegaConf.to_object(cfg)
+        return c, plan_for(c)
+
+    (cfg, off), (cfg_on, on) = plan(), plan("perf.fused_ce=true")
+    arch, s = cfg_on.model.arch, _setup(cfg_on, None, None)
+    assert s.plain_lm_head is fused
+    full = 8 * 2048 * arch.vocab_size * 12
+    want = fused_ce_bytes(arch, s) if fused else full
+    assert logits_bytes(arch, s) == want
+    if fused:  # the chunk replaces the full logits in the buffers
+        assert off.breakdown["buffers"] - on.breakdown["buffers"] == pytest.approx((full - want) / GIB, abs=0.01)
+    else:  # Baichuan2's NormHead: the full ~23 GiB of logits buffers stay in the plan
+        assert full / GIB == pytest.approx(23.0, abs=0.1)
+        assert on.breakdown == off.breakdown and on.peak_gib == off.peak_gib
+
+
+def test_plain_lm_head_false_declines_at_runtime_too(make_cfg, caplog):
+    from ta_train.model import build_model
+    from ta_train.module import CausalLMModule
+
+    model = build_model(make_cfg("peft=none"))
+    parts, why = fused_head(model, "auto", 0, plain_lm_head=False)
+    assert parts is None and "plain_lm_head" in why
+    module = CausalLMModule(make_cfg("peft=none", "perf.fused_ce=true", "model.plain_lm_head=false"), accumulation=1)
+    module.configure_model()
+    with caplog.at_level(logging.WARNING, logger="ta_train.module"):
+        assert module._resolve_fused() is None
+    assert "falling back" in caplog.text and "plain_lm_head" in caplog.text
+
+
+def test_shipped_model_configs_mark_heads_outside_the_fused_types():
+    """Each conf/model whose family's model_type is not in FUSED_MODEL_TYPES sets plain_lm_head false."""
+    from ta_train.fused_ce import FUSED_MODEL_TYPES
+    from tests.conftest import CONF_DIR
+
+    family = {"baichuan-inc/": "baichuan", "internlm/internlm2": "internlm2", "meta-llama/": "llama",
+              "Qwen/Qwen2": "qwen2", "HuggingFaceTB/SmolLM2": "llama", "tiny-llama": "llama"}
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        cfg, OmegaConf = compose([f"model={path.stem}", "run_dir=/tmp/ta-fused-plan"])
+        m = OmegaConf.to_object(cfg).model
+        types = [t for prefix, t in family.items() if m.name_or_path.startswith(prefix)]
+        assert len(types) == 1, f"{path.name}: add its family ({m.name_or_path}) to this test"
+        assert m.plain_lm_head == (types[0] in FUSED_MODEL_TYPES), path.name

@@ -126,6 +126,7 @@ READ_BACK = [
     'Say "hi"', 'ends in a quote"', 'ends in two""', 'ends in three"""', 'a """triple""" mid-line', '"starts with a quote',
     '""starts with two', '"""starts with three', 'multi\nline "quoted"\nlast"', 'tab\tinside', "  spaces around  ",
     "CRLF\r\nline", "学习率 😀 ünïcode", "#not a comment", "x\n\n\ny", 'line ending in two""\nnext', '"""',
+    '"', '""',
 ]
 NO_FORM = ['line one ends in three"""\nline two', 'x"""  \t\ny', '"""\n', "bell\x07", "no\u00a0break space",
            "zero\u200bwidth", "line\u2028separator", "vertical\x0btab", "nul\x00"]
@@ -150,6 +151,13 @@ def test_text_no_modelfile_form_reads_back_is_refused_naming_the_field(text):
     assert all(_read(form.format(text)) != text for form in ("{}", '"{}"', '"""{}"""'))  # truly no form
     with pytest.raises(ExportError, match=r"^SYSTEM \(data.system_prompt\): line 1"):
         modelfile_value("SYSTEM (data.system_prompt)", text)
+
+
+@pytest.mark.parametrize("stop", ['"', '""', '"x', 'x"'])
+def test_a_stop_of_quotes_does_not_swallow_the_next_lines(stop):
+    value = modelfile_value("PARAMETER stop", stop, ("quoted",))
+    text = f"FROM m\nPARAMETER stop {value}\nPARAMETER stop <|im_end|>\nPARAMETER num_ctx 8\n"
+    assert parse_modelfile(text) == [("model", "m"), ("stop", stop), ("stop", "<|im_end|>"), ("num_ctx", "8")]
 
 
 def test_refusals_say_what_and_where():

@@ -301,3 +301,24 @@ def test_h200_peaks_follow_from_the_audited_arithmetic():
     for name, (gib, ckpt) in measured.items():
         s = replace(lora, method=name.split("-")[0], gradient_checkpointing=ckpt)
         assert estimate(arch, s).peak - RUNTIME_OVERHEAD_GIB == pytest.approx(gib, rel=0.01), name
+
+
+def test_auto_accelerator_without_hw_is_resolved_as_lightning_does(monkeypatch):
+    """No hw profile, trainer.accelerator auto: on this CPU-only machine the plan is a CPU plan
+    (LoRA dropout keeps a 4-byte noise tensor, not CUDA's 1-byte mask); with a GPU visible, a GPU plan."""
+    import torch
+
+    from ta_train.plan import _setup
+
+    lora = ["model=qwen7b", "peft=lora", "peft.dropout=0.05", "precision=bf16-mixed", "batch.micro_size=1", "batch.global_size=1"]
+    auto, cpu, gpu = (cfg_for(*lora, f"trainer.accelerator={a}") for a in ("auto", "cpu", "gpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert _setup(auto, None, None).cpu
+    assert make_plan(auto).breakdown == make_plan(cpu).breakdown != make_plan(gpu).breakdown
+    from ta_train.plan import runs_on_cpu
+
+    assert runs_on_cpu(auto)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no CUDA device can exist here
+    assert not runs_on_cpu(auto) and make_plan(auto).breakdown == make_plan(gpu).breakdown
+    assert runs_on_cpu(cfg_for(*lora, "+hw=cpu")) and not runs_on_cpu(cfg_for(*lora, "+hw=24g", "trainer.accelerator=cpu"))

@@ -174,8 +174,26 @@ def test_inspect_counts_the_val_files(make_cfg, tmp_path):
     out = io.StringIO()
     summary = inspect(cfg, out)
     assert summary["examples"] == 3 and summary["rejected"] == 0
-    assert summary["val_examples"] == 2 and summary["val_rejected"] == 1
+    assert summary["val_records"] == 2 and summary["val_examples"] == 2 and summary["val_rejected"] == 1
     cap = cfg.data.val_max_samples
-    assert f"== validation (data.val_sources, up to {cap} per file): examples 2, rejected 1 from {val}" in out.getvalue()
+    assert f"== validation (data.val_sources, up to {cap} per file): examples 2 of 2 records read, rejected 1 from {val}" in out.getvalue()
     plain = make_cfg(f"data.sources=[{{path: {train}}}]", "inspect.n=0", "inspect.color=never")
     assert "val_examples" not in inspect(plain, io.StringIO())
+
+
+def test_inspect_counts_the_capped_val_set_and_names_a_missing_val_file(make_cfg, tmp_path):
+    from ta_train.inspect import inspect
+
+    train = write_jsonl(tmp_path / "sft.jsonl", [_alpaca(i) for i in range(3)])
+    val = write_jsonl(tmp_path / "val.jsonl", [_alpaca(10 + i) for i in range(7)], ("{broken",))
+    cfg = make_cfg(f"data.sources=[{{path: {train}}}]", f"data.val_sources=[{{path: {val}}}]", "data.val_max_samples=3",
+                   "inspect.n=0", "inspect.color=never")
+    out = io.StringIO()
+    summary = inspect(cfg, out)
+    assert (summary["val_records"], summary["val_examples"], summary["val_rejected"]) == (7, 3, 1)
+    assert f"up to 3 per file): examples 3 of 7 records read, rejected 1 from {val}" in out.getvalue()
+    gone = tmp_path / "gone.jsonl"
+    missing = make_cfg(f"data.sources=[{{path: {train}}}]", f"data.val_sources=[{{path: {val}}}, {{path: {gone}}}]",
+                       "inspect.n=0", "inspect.color=never")
+    with pytest.raises(FileNotFoundError, match=r"data\.val_sources\[1\]\.path"):
+        inspect(missing, io.StringIO())

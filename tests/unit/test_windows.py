@@ -111,3 +111,16 @@ def test_whole_windows_line_up_data_lightning_and_the_engine_in_every_epoch(worl
 def test_whole_windows_refuse_data_smaller_than_one_window():
     with pytest.raises(ValueError, match="one accumulation window of 4 micro-batches"):
         WindowedLoader(examples(6), micro_size=2, accumulation=4, pad_id=0, seed=0, whole_windows=True)
+
+
+def test_whole_windows_drop_a_fresh_random_tail_each_epoch():
+    """What the WindowedLoader docstring says: the tail is not carried over; each epoch's shuffle picks
+    its own, so an example can be dropped in several epochs and another in none."""
+    loader = WindowedLoader(examples(45), micro_size=2, accumulation=3, pad_id=0, seed=4, whole_windows=True)
+    tails = [{j for batch in loader.rank_micro_batches(e)[0][len(loader) :] for j in batch} for e in range(20)]
+    assert all(len(t) == loader.dropped_examples(e) > 0 for e, t in enumerate(tails))
+    for e, tail in enumerate(tails):  # the epoch's trained examples are exactly the others
+        trained = {j for batch, _, _ in loader.epoch_plan(e) for j in batch}
+        assert trained == set(range(45)) - tail
+    times = [sum(j in t for t in tails) for j in range(45)]
+    assert len({frozenset(t) for t in tails}) > 1 and max(times) >= 2 and min(times) == 0
