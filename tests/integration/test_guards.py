@@ -73,6 +73,7 @@ class MaskAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             batch["labels"].fill_(-100)
+            batch["trained_index"] = batch["trained_index"][:0]  # made from the labels when collated
 
 
 def test_fully_masked_batch_stops_on_zero_loss(make_cfg):
