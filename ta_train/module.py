@@ -93,7 +93,7 @@ class CausalLMModule(L.LightningModule):
             use_cache=False,
         ).logits
 
-    def _score(self, batch: dict[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, ...]:
+    def _score(self, batch: dict[str, Any], label_smoothing: float) -> tuple[torch.Tensor, ...]:
         """(loss_sum, n_tokens, correct, total) over the batch's trained next-token positions.
 
         Unfused: the model's full logits (B, T, V), ta_train.losses. With perf.fused_ce: the decoder
@@ -135,7 +135,7 @@ class CausalLMModule(L.LightningModule):
             log.info("perf.fused_ce: chunked lm_head + cross-entropy, %d rows per chunk (%s)", self.cfg.perf.ce_chunk_rows, why)
         return parts
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """No host-device synchronization here except on the window's last micro-batch (_log_step):
         the metadata (HOST_KEYS) are Python values, the trained rows are selected by the host-made
         `trained_index`, n_tokens is filled on the device, and the step's sums stay on the device
