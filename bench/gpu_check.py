@@ -171,9 +171,9 @@ def make_timer(warmup: int):
                 self._sync()
                 self.t0 = time.perf_counter()
                 return
-            mask = batch.get("attention_mask")
-            self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            self.trained += int((batch["labels"] != -100).sum())
+            # host values of the batch (ta_train.data): reading them waits for no device
+            self.tokens += batch["token_counts"][0]  # tokens, padding excluded
+            self.trained += batch["trained_index"].numel()  # trained positions (its shape, known on the host)
 
         def on_train_end(self, trainer, pl_module) -> None:
             self._sync()

@@ -24,6 +24,7 @@ Only the standard library is used.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -219,12 +220,19 @@ def build_demo_records(course_dir: Path = COURSE_DIR) -> list[Record]:
 
 
 def write_sft(records: Sequence[Record], out_dir: Path) -> Path:
-    """Write ``out_dir/sft.jsonl`` (UTF-8, sorted keys, one object per line); return its path."""
+    """Write ``out_dir/sft.jsonl`` (UTF-8, sorted keys, one object per line); return its path.
+
+    Written to a temporary file of this process and renamed over the path: several processes (the
+    ranks of one run) write and read the same file at once, and a reader must never see it
+    truncated or half written.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SFT_FILENAME
     lines = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in records)
-    path.write_bytes("".join(lines).encode("utf-8"))
+    tmp = out_dir / f".{SFT_FILENAME}.{os.getpid()}.tmp"
+    tmp.write_bytes("".join(lines).encode("utf-8"))
+    os.replace(tmp, path)
     return path
 
 

@@ -258,8 +258,6 @@ class WindowedLoader:
         return sum(len(batch) for micro in self.rank_micro_batches(epoch) for batch in micro[len(self) :])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        import torch
-
         # Advance the epoch when iteration starts: Lightning stops at len() without exhausting us.
         epoch, plan, start = self.epoch, self.epoch_plan(self.epoch), self._start
         self.epoch, self._start = self.epoch + 1, 0
@@ -267,13 +265,16 @@ class WindowedLoader:
             log.info("epoch %d: %d examples past the last whole accumulation window wait for the next epoch "
                      "(DeepSpeed steps on whole windows only)", epoch, dropped)
         collate = pad_packed if "position_ids" in self.examples[0] else pad_right
+        # The metadata are plain Python values, not tensors: Lightning's transfer and DDP's forward
+        # (which moves every tensor of the batch to the GPU) leave them on the host, so reading them
+        # never waits for the device.
         for i, (idx, window_tokens, window_end) in enumerate(plan[start:], start=start):
-            batch = {k: torch.tensor(v) for k, v in collate([self.examples[j] for j in idx], self.pad_id).items()}
-            batch["window_tokens"] = torch.tensor(window_tokens)  # trained tokens of the window, all ranks
-            batch["window_end"] = torch.tensor(window_end)  # the optimizer steps after this one
-            batch["position"] = torch.tensor([epoch, i])  # (epoch, micro-batch index): for resuming
-            batch["example_ids"] = torch.tensor(idx)  # rows of `examples`: guards name them
-            batch["token_counts"] = torch.tensor(self.token_counts(idx))  # for perf/* (see token_counts)
+            batch = to_tensors(collate([self.examples[j] for j in idx], self.pad_id))
+            batch["window_tokens"] = window_tokens  # int: trained tokens of the window, all ranks
+            batch["window_end"] = window_end  # bool: the optimizer steps after this one
+            batch["position"] = (epoch, i)  # (epoch, micro-batch index): for resuming
+            batch["example_ids"] = tuple(idx)  # rows of `examples`: guards name them
+            batch["token_counts"] = tuple(self.token_counts(idx))  # for perf/* (see token_counts)
             yield batch
 
     def token_counts(self, idx: Sequence[int]) -> list[int]:
@@ -307,8 +308,25 @@ class FixedBatches:
         return -(-len(self.examples) // self.micro_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        import torch
-
         for i in range(0, len(self.examples), self.micro_size):
-            chunk = pad_right(self.examples[i : i + self.micro_size], self.pad_id)
-            yield {k: torch.tensor(v) for k, v in chunk.items()}
+            yield to_tensors(pad_right(self.examples[i : i + self.micro_size], self.pad_id))
+
+
+def trained_index(labels: Sequence[Sequence[int]]) -> list[int]:
+    """Flat indices b * T + t of the positions whose next-token label is trained (labels[b][t + 1]
+    is not IGNORE_INDEX), in order: the rows ta_train.losses.trained_rows keeps, found on the host.
+
+    labels: (B, T) padded rows, as a list of lists.
+    """
+    width = len(labels[0]) if labels else 0
+    return [b * width + t for b, row in enumerate(labels) for t in range(width - 1) if row[t + 1] != IGNORE_INDEX]
+
+
+def to_tensors(collated: dict[str, list[list[int]]]) -> dict[str, Any]:
+    """The collated lists as long tensors, plus `trained_index` (trained_index of the labels, (N,)
+    long): the loss selects its rows with it, so the device never has to report which rows those are."""
+    import torch
+
+    batch = {k: torch.tensor(v) for k, v in collated.items()}
+    batch["trained_index"] = torch.tensor(trained_index(collated["labels"]), dtype=torch.long)
+    return batch

@@ -132,7 +132,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(gh, gw, gb)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         ctx.used = False
-        n_tokens = torch.tensor(targets.numel(), device=targets.device)
+        n_tokens = torch.full((), targets.numel(), dtype=torch.long, device=targets.device)  # a fill, no copy
         ctx.mark_non_differentiable(n_tokens, correct)
         return loss_sum, n_tokens, correct
 
@@ -173,7 +173,7 @@ def fused_linear_cross_entropy(
         return FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, float(label_smoothing), chunk_rows, cdt)
     with torch.no_grad():
         loss_sum, correct, *_ = _chunked_pass(hidden, weight, bias, targets, label_smoothing, chunk_rows, cdt, (False,) * 3)
-    return loss_sum, torch.tensor(targets.numel(), device=targets.device), correct
+    return loss_sum, torch.full((), targets.numel(), dtype=torch.long, device=targets.device), correct
 
 
 def fused_head(

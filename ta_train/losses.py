@@ -26,31 +26,38 @@ def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return logits.reshape(-1, vocab), targets.reshape(-1)
 
 
-def trained_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def trained_rows(
+    logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits rows that predict a trained token, and those tokens: (N, V) and (N,).
 
-    Only these rows are cast and scored: with prompts masked, a fraction of B*T*V.
+    Only these rows are cast and scored: with prompts masked, a fraction of B*T*V. index: their
+    flat positions b * T + t, (N,) long on the logits' device, when the caller knows them (the
+    training batches carry them as `trained_index`, ta_train.data.trained_index): then selecting
+    them waits for nothing. Without it a boolean mask selects the same rows, in the same order; on
+    a GPU that waits for the device to count them.
     """
     flat_logits, targets = shift_for_next_token(logits, labels)
-    keep = targets != IGNORE_INDEX
-    if bool(keep.all()):
-        return flat_logits, targets
+    if index is not None:
+        return flat_logits.index_select(0, index), targets.index_select(0, index)
+    keep = targets != IGNORE_INDEX  # never all True: each row's last position trains nothing
     return flat_logits[keep], targets[keep]
 
 
 def sum_token_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0, index: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over trained positions, and how many there were.
 
-    logits: (B, T, V) float; labels: (B, T) long, IGNORE_INDEX on untrained positions.
+    logits: (B, T, V) float; labels: (B, T) long, IGNORE_INDEX on untrained positions; index: the
+    trained positions' flat indices, as in trained_rows.
     Per trained token the loss is (1 - eps) * -log p(y) + eps * mean_v(-log p(v))
     (label smoothing, Szegedy et al. 2016, eq. for q'(k)), computed in fp32.
-    Returns (loss_sum: scalar tensor, n_tokens: scalar long tensor).
+    Returns (loss_sum: scalar tensor, n_tokens: scalar long tensor, filled on the device: no copy).
     """
-    rows, targets = trained_rows(logits, labels)
+    rows, targets = trained_rows(logits, labels, index)
     loss_sum = F.cross_entropy(rows.float(), targets, reduction="sum", label_smoothing=label_smoothing)
-    return loss_sum, torch.tensor(targets.numel(), device=targets.device)
+    return loss_sum, torch.full((), targets.numel(), dtype=torch.long, device=targets.device)
 
 
 def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,8 +43,9 @@ def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any) -> torch.Tens
     return reduce_sum(local_norm.float() ** 2).sqrt()
 
 
-# Batch entries that describe the micro-batch rather than feed the model (ta_train.data): they stay
-# CPU tensors, so the step reads them without waiting for the device.
+# Batch entries that describe the micro-batch rather than feed the model (ta_train.data): plain
+# Python values, not tensors, so no transfer (Lightning's, DDP's forward) moves them and the step
+# reads them without waiting for the device.
 HOST_KEYS = ("window_tokens", "window_end", "position", "example_ids", "token_counts")
 
 
@@ -64,7 +65,7 @@ class CausalLMModule(L.LightningModule):
         self.model: Any = None
         self.strict_loading = cfg.peft.method == PeftMethod.none
         self._step_sums: torch.Tensor | None = None  # loss_sum, trained of the open window: on the device
-        self._step_counts = torch.zeros(2, dtype=torch.float64)  # tokens, tokens^2: on the host (batch metadata)
+        self._step_counts = [0, 0]  # tokens, tokens^2 of the open window: host ints (batch metadata)
         self._window_finite: list[tuple[torch.Tensor, list[int]]] = []  # (loss is finite: device bool, ids)
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # loss_sum, trained
         self.train_token_acc = TokenAccuracy()  # counts over the open accumulation window
@@ -92,26 +93,19 @@ class CausalLMModule(L.LightningModule):
             use_cache=False,
         ).logits
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Only the model inputs go to the device; the metadata (HOST_KEYS) stays on the host."""
-        if not isinstance(batch, dict):
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        inputs = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in HOST_KEYS}, device, dataloader_idx)
-        return {k: inputs[k] if k in inputs else v for k, v in batch.items()}
-
-    def _score(self, batch: dict[str, torch.Tensor], label_smoothing: float) -> tuple[torch.Tensor, ...]:
+    def _score(self, batch: dict[str, Any], label_smoothing: float) -> tuple[torch.Tensor, ...]:
         """(loss_sum, n_tokens, correct, total) over the batch's trained next-token positions.
 
         Unfused: the model's full logits (B, T, V), ta_train.losses. With perf.fused_ce: the decoder
         body's hidden states, the trained rows of them, and ta_train.fused_ce's chunked lm_head +
         cross-entropy (no logits tensor; the same numbers up to float rounding).
         """
-        labels = batch["labels"]
+        labels, index = batch["labels"], batch.get("trained_index")  # index: trained rows, found on the host
         if not self._fused_checked:
             self._fused, self._fused_checked = self._resolve_fused(), True
         if self._fused is None:
             logits = self(batch)
-            loss_sum, n_tokens = sum_token_cross_entropy(logits, labels, label_smoothing)
+            loss_sum, n_tokens = sum_token_cross_entropy(logits, labels, label_smoothing, index)
             with torch.no_grad():
                 correct, total = token_accuracy_counts(logits.detach(), labels)
             return loss_sum, n_tokens, correct, total
@@ -122,7 +116,7 @@ class CausalLMModule(L.LightningModule):
             input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
             position_ids=batch.get("position_ids"), use_cache=False,
         ).last_hidden_state
-        rows, targets = trained_rows(hidden, labels)  # (N, H): the shift works on any per-position tensor
+        rows, targets = trained_rows(hidden, labels, index)  # (N, H): the shift works on any per-position tensor
         loss_sum, n_tokens, correct = fused_linear_cross_entropy(
             rows, head.weight, targets, head.bias, label_smoothing, self.cfg.perf.ce_chunk_rows
         )
@@ -141,12 +135,14 @@ class CausalLMModule(L.LightningModule):
             log.info("perf.fused_ce: chunked lm_head + cross-entropy, %d rows per chunk (%s)", self.cfg.perf.ce_chunk_rows, why)
         return parts
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """No host-device synchronization here except on the window's last micro-batch (_log_step):
-        the metadata is on the host and the step's sums stay on the device until then."""
+        the metadata (HOST_KEYS) are Python values, the trained rows are selected by the host-made
+        `trained_index`, n_tokens is filled on the device, and the step's sums stay on the device
+        until then."""
         if "position" in batch:  # after this batch, training resumes at (epoch, index + 1)
-            epoch, index = batch["position"].tolist()
-            self._data_position = (epoch, index + 1)
+            epoch, index = batch["position"]
+            self._data_position = (int(epoch), int(index) + 1)
         loss_sum, n_tokens, correct, total = self._score(batch, self.cfg.objective.label_smoothing)
         window_tokens = int(batch["window_tokens"])  # all ranks' tokens (ta_train.data.WindowedLoader)
         # DeepSpeed's engine divides by its accumulation steps again (Lightning already has)
@@ -159,8 +155,8 @@ class CausalLMModule(L.LightningModule):
             sums = torch.stack([micro_loss, n_tokens.double()])
             self._step_sums = sums if self._step_sums is None else self._step_sums + sums
             if "token_counts" in batch:
-                self._step_counts += batch["token_counts"].double()
-            ids = batch["example_ids"].tolist() if "example_ids" in batch else []
+                self._step_counts = [a + int(b) for a, b in zip(self._step_counts, batch["token_counts"])]
+            ids = list(batch.get("example_ids", ()))
             self._window_ids += ids
             self._window_finite.append((torch.isfinite(micro_loss), ids))
         if bool(batch.get("window_end", True)):
@@ -179,13 +175,14 @@ class CausalLMModule(L.LightningModule):
         in one transfer.
         """
         step_sums = self._step_sums if self._step_sums is not None else torch.zeros(2, dtype=torch.float64, device=self.device)
-        local = torch.cat([step_sums, self._step_counts.to(self.device, non_blocking=True)])  # no stream sync
+        counts = torch.tensor(self._step_counts, dtype=torch.float64)
+        local = torch.cat([step_sums, counts.to(self.device, non_blocking=True)])  # no stream sync
         sums = self.trainer.strategy.reduce(local, reduce_op="sum")
         finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
         host = torch.cat([sums, finite.to(sums.device)]).cpu()
         sums, finite = host[:4], host[4:]
         self._window_bad = [j for ok, (_, ids) in zip(finite.tolist(), self._window_finite) if not ok for j in ids]
-        self._step_counts.zero_()
+        self._step_counts = [0, 0]
         self._step_sums, self._window_finite = None, []
         token_acc = self.train_token_acc.compute()  # sums the counts over ranks, then divides
         self.train_token_acc.reset()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +142,6 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> tuple[Any
 
         log.info("hw env set: %s", apply_env(cfg.hw.env, cfg.hw.env_override))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # CausalLMModule.transfer_batch_to_device keeps the batch metadata on the host on purpose
-    warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device` in `LightningModule`")
     devices = cfg.trainer.devices * cfg.trainer.num_nodes
     accumulation = cfg.batch.accumulation(devices)
 

@@ -1,10 +1,11 @@
-"""Host-device synchronizations of the training step on CUDA: none in the bookkeeping of a micro-batch
-that does not close its accumulation window, one transfer in the window's last (see
+"""Host-device synchronizations of the training step on CUDA: none in the bookkeeping and scoring of a
+micro-batch that does not close its accumulation window, one transfer in the window's last (see
 tests/integration/test_host_metadata.py for the same structure checked on CPU).
 
 torch.cuda.set_sync_debug_mode("warn") warns at each synchronizing CUDA call, from the Python line
-that made it; the warnings from the bookkeeping functions of ta_train/module.py are counted. The
-scoring (loss and accuracy from the logits) is not bookkeeping and is not counted here.
+that made it; the warnings from ta_train/module.py (named by the function holding the line),
+ta_train/losses.py and ta_train/fused_ce.py are counted, with and without perf.fused_ce. The model's
+own forward (transformers' mask building) and Lightning's logging are not ours and not counted.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import lightning as L
 import pytest
 import torch
 
+import ta_train.fused_ce
+import ta_train.losses
 from ta_train.module import CausalLMModule
 from ta_train.train import fit
 
@@ -23,12 +26,13 @@ pytestmark = pytest.mark.gpu
 
 GPU = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=2", "trainer.limit_val_batches=0",
        "precision=bf16-mixed", "hw.accelerator=gpu", "batch.global_size=6", "batch.micro_size=2"]
-BOOKKEEPING = ("transfer_batch_to_device", "training_step", "_log_step")
+FUNCTIONS = ("training_step", "_score", "_log_step")  # of CausalLMModule
+SCORING = {Path(inspect.getsourcefile(m)).resolve(): Path(inspect.getsourcefile(m)).name for m in (ta_train.losses, ta_train.fused_ce)}
 
 
 def line_ranges() -> dict[str, range]:
     out = {}
-    for name in BOOKKEEPING:
+    for name in FUNCTIONS:
         lines, first = inspect.getsourcelines(getattr(CausalLMModule, name))
         out[name] = range(first, first + len(lines))
     return out
@@ -42,7 +46,9 @@ class SyncProbe(L.Callback):
         step, ranges, path = pl_module.training_step, line_ranges(), Path(inspect.getsourcefile(CausalLMModule)).resolve()
 
         def probed_step(batch, batch_idx):
-            assert batch["window_tokens"].device.type == "cpu" and batch["input_ids"].device.type == "cuda"
+            # the metadata are Python values (no transfer moves them); the model inputs are on the GPU
+            assert isinstance(batch["window_tokens"], int) and isinstance(batch["window_end"], bool)
+            assert batch["input_ids"].device.type == "cuda" and batch["trained_index"].device.type == "cuda"
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 torch.cuda.set_sync_debug_mode("warn")
@@ -50,17 +56,26 @@ class SyncProbe(L.Callback):
                     loss = step(batch, batch_idx)
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
-            ours = [name for w in caught if "synchroniz" in str(w.message) and Path(w.filename).resolve() == path
-                    for name, lines in ranges.items() if w.lineno in lines]
-            self.steps.append((bool(batch["window_end"]), ours))
+            ours = []
+            for w in caught:
+                if "synchroniz" not in str(w.message):
+                    continue
+                where = Path(w.filename).resolve()
+                if where == path:
+                    ours += [name for name, lines in ranges.items() if w.lineno in lines] or [f"module.py:{w.lineno}"]
+                elif where in SCORING:
+                    ours.append(f"{SCORING[where]}:{w.lineno}")
+            self.steps.append((batch["window_end"], ours))
             return loss
 
         pl_module.training_step = probed_step
 
 
-def test_bookkeeping_syncs_once_per_optimizer_step(make_cfg):
+@pytest.mark.parametrize("fused", [False, True])
+def test_bookkeeping_and_scoring_sync_once_per_optimizer_step(make_cfg, fused):
     probe = SyncProbe()
-    fit(make_cfg(*GPU), [probe])
+    _, module, _ = fit(make_cfg(*GPU, f"perf.fused_ce={str(fused).lower()}"), [probe])
+    assert (module._fused is not None) == fused
     assert [end for end, _ in probe.steps] == [False, False, True] * 2
     for end, syncs in probe.steps:
         assert syncs == (["_log_step"] if end else []), probe.steps

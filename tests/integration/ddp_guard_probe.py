@@ -34,7 +34,7 @@ class RankOneTrouble(L.Callback):
         self.record.update(rank=trainer.global_rank, origins=list(trainer.datamodule.train_origins))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        step, ids = trainer.global_step, batch["example_ids"].tolist()
+        step, ids = trainer.global_step, list(batch["example_ids"])
         self.record["seen"].setdefault(str(step), []).extend(ids)
         if trainer.global_rank != BAD_RANK:
             return

@@ -48,7 +48,7 @@ class PoisonAt(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step and self.hook is None:
-            self.ids, self.origins = batch["example_ids"].tolist(), trainer.datamodule.train_origins
+            self.ids, self.origins = list(batch["example_ids"]), trainer.datamodule.train_origins
             emb = pl_module.model.get_input_embeddings()
             self.hook = emb.register_forward_hook(lambda m, i, out: out * float("nan"))
 
@@ -73,6 +73,7 @@ class MaskAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             batch["labels"].fill_(-100)
+            batch["trained_index"] = batch["trained_index"][:0]  # made from the labels when collated
 
 
 def test_fully_masked_batch_stops_on_zero_loss(make_cfg):
@@ -94,7 +95,7 @@ class SpikeAt(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
-            self.ids = batch["example_ids"].tolist()
+            self.ids = list(batch["example_ids"])
             self.before = self._lora(pl_module)
             head = pl_module.model.get_output_embeddings()
             self.hook = head.register_forward_hook(lambda m, i, out: out * 30)

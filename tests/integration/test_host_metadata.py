@@ -2,10 +2,12 @@
 optimizer step: the structure, on CPU (tests/gpu/test_host_sync_cuda.py counts real CUDA syncs).
 
 On a GPU, a read of a device tensor's value (.item(), .tolist(), .cpu(), bool(), int(), a boolean
-mask) stalls the host until the device catches up. Here every tensor is on the CPU, so a torch
-function mode records those reads with the function of ta_train/module.py that made them; reads of
-host tensors (the batch's metadata, the module's host counts, what a .cpu() returned and what is
-computed from those alone) are not syncs.
+mask) stalls the host until the device catches up, and so does a tensor built from host values with
+a device (torch.tensor(n, device=...)). Here every tensor is on the CPU, so a torch function mode
+records those calls with the function of ta_train/module.py that made them and the file outside
+torch that called; reads of what a .cpu() returned, and of what is computed from those alone, are
+not syncs. The batch metadata are plain Python values (ta_train.data.WindowedLoader), so no device
+transfer (Lightning's, or DDP's forward, which moves every tensor of the batch) can move them.
 """
 from __future__ import annotations
 
@@ -13,25 +15,31 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
+from torch.distributed.utils import _recursive_to
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
+from ta_train.data import WindowedLoader
 from ta_train.module import HOST_KEYS, CausalLMModule
 from ta_train.train import fit
 
 MODULE_FILE = str(Path(sys.modules[CausalLMModule.__module__].__file__))
 READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"}
-BOOKKEEPING = {"training_step", "_log_step"}
+OURS = {"module.py", "losses.py", "fused_ce.py", "metrics.py"}  # files of the step's bookkeeping and scoring
 TORCH_DIR = str(Path(torch.__file__).parent)
+TA_TRAIN_DIR = Path(MODULE_FILE).parent
 
 
 def _module_caller() -> tuple[str | None, str | None]:
-    """(innermost ta_train/module.py function on the stack, file of the code outside torch that made the call)."""
+    """(innermost ta_train/module.py function on the stack, file of the code outside torch that made
+    the call: its name when in ta_train/, else its whole path, e.g. Lightning's own module.py)."""
     frame, origin = sys._getframe(2), None
     while frame is not None:
         name = frame.f_code.co_filename
         if origin is None and not name.startswith(TORCH_DIR):
-            origin = Path(name).name
+            origin = Path(name).name if Path(name).parent == TA_TRAIN_DIR else name
         if name == MODULE_FILE:
             return frame.f_code.co_name, origin
         frame = frame.f_back
@@ -39,11 +47,12 @@ def _module_caller() -> tuple[str | None, str | None]:
 
 
 class ValueReads(TorchFunctionMode):
-    """Records (module.py function, file making the call, op) for each value read of a device tensor."""
+    """Records (module.py function, file making the call, op) for each value read of a device tensor
+    and each tensor made from host values on a device."""
 
-    def __init__(self, host: list[torch.Tensor]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.host = {id(t): t for t in host}  # kept alive: ids stay unique
+        self.host: dict[int, torch.Tensor] = {}  # what .cpu() returned and what came of it; kept alive: ids stay unique
         self.reads: list[tuple[str | None, str | None, str]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -54,6 +63,8 @@ class ValueReads(TorchFunctionMode):
         to_host = name == "cpu"  # .to(device) is not counted: here the device is the host, so no call tells them apart
         if tensors and not on_host and (name in READS or masked or to_host):
             self.reads.append((*_module_caller(), name))
+        if name in ("tensor", "as_tensor") and (kwargs or {}).get("device") is not None:  # a host-to-device copy
+            self.reads.append((*_module_caller(), f"{name}(device=)"))
         out = func(*args, **(kwargs or {}))
         if isinstance(out, torch.Tensor) and (on_host or to_host):
             self.host[id(out)] = out
@@ -75,44 +86,53 @@ class Probe(L.Callback):
             return reduce(*args, **kwargs)
 
         def probed_step(batch, batch_idx):
-            host = [batch[k] for k in HOST_KEYS if k in batch] + [pl_module._step_counts]
+            # as DDP's forward does on a GPU (device_ids set): every tensor of the batch moves, here to
+            # new tensors on the same device; whatever is not a tensor is passed on as it is
+            meta = {k: batch[k] for k in HOST_KEYS}
+            batch = tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, batch)
+            batch = _recursive_to((batch,), torch.device("cpu"), False)[0][0]
+            assert {k: batch[k] for k in HOST_KEYS} == meta
             calls.clear()
-            with ValueReads(host) as mode:
+            with ValueReads() as mode:
                 loss = step(batch, batch_idx)
-            self.steps.append({"window_end": bool(batch["window_end"]), "reads": mode.reads, "reduces": list(calls),
-                               "meta_devices": {k: batch[k].device.type for k in HOST_KEYS}})
+            self.steps.append({"window_end": batch["window_end"], "reads": mode.reads, "reduces": list(calls),
+                               "meta_types": {k: type(batch[k]).__name__ for k in HOST_KEYS}})
             return loss
 
         trainer.strategy.reduce = counting_reduce
         pl_module.training_step = probed_step
 
 
-def test_metadata_stays_on_the_host_after_transfer(make_cfg):
-    module = CausalLMModule(make_cfg(), accumulation=2)
-    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "labels": torch.ones(2, 4, dtype=torch.long),
-             "attention_mask": torch.ones(2, 4, dtype=torch.long), "window_tokens": torch.tensor(6),
-             "window_end": torch.tensor(False), "position": torch.tensor([0, 3]), "example_ids": torch.tensor([4, 9]),
-             "token_counts": torch.tensor([8, 32])}
-    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)  # "meta": a device that is not the host
-    assert list(moved) == list(batch)
-    assert {k: moved[k].device.type for k in ("input_ids", "labels", "attention_mask")} == dict.fromkeys(("input_ids", "labels", "attention_mask"), "meta")
-    assert all(moved[k] is batch[k] for k in HOST_KEYS)
+def test_metadata_are_host_values_that_a_device_transfer_leaves_alone():
+    examples = [{"input_ids": [5] * n, "labels": [-100] * 2 + [7] * (n - 2), "attention_mask": [1] * n} for n in (4, 6, 5, 7)]
+    loader = WindowedLoader(examples, micro_size=2, accumulation=2, pad_id=0, seed=1)
+    for batch in loader:
+        meta = {k: batch[k] for k in HOST_KEYS}
+        assert not any(isinstance(v, torch.Tensor) for v in meta.values()), meta
+        moved = _recursive_to((batch,), torch.device("meta"), False)[0][0]  # DDP's move, to a device that is not the host
+        assert {k: moved[k] for k in HOST_KEYS} == meta
+        assert {k: v.device.type for k, v in moved.items() if k not in HOST_KEYS} == dict.fromkeys(
+            ("input_ids", "labels", "attention_mask", "trained_index"), "meta")
+        assert CausalLMModule.transfer_batch_to_device is L.LightningModule.transfer_batch_to_device  # no override needed
 
 
-def test_one_reduce_and_no_device_read_per_micro_batch_except_at_the_window_end(make_cfg):
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_reduce_and_no_device_read_per_micro_batch_except_at_the_window_end(make_cfg, fused):
     cfg = make_cfg("trainer.max_steps=3", "batch.global_size=6", "batch.micro_size=2", "trainer.limit_val_batches=0",
-                   "data.max_seq_len=128")
+                   "data.max_seq_len=128", f"perf.fused_ce={str(fused).lower()}")
     probe = Probe()
     _, module, _ = fit(cfg, [probe])
+    assert (module._fused is not None) == fused  # the path under test really ran
     assert [s["window_end"] for s in probe.steps] == [False, False, True] * 3
     for s in probe.steps:
-        assert set(s["meta_devices"].values()) == {"cpu"}
+        assert s["meta_types"] == {"window_tokens": "int", "window_end": "bool", "position": "tuple",
+                                   "example_ids": "tuple", "token_counts": "tuple"}
         if s["window_end"]:
             assert s["reduces"] == ["_log_step"]  # one collective per optimizer step
             # sums, counts and finite flags come back in one transfer (the token accuracy's
             # compute and Lightning's log read theirs on the way, in their own code)
             assert [r for r in s["reads"] if r[1] == "module.py"] == [("_log_step", "module.py", "cpu")], s
-        else:  # the scoring (ta_train/losses.py) is not bookkeeping: its reads are its own business
+        else:  # neither the bookkeeping nor the scoring (losses.py, fused_ce.py) waits for the device
             assert s["reduces"] == [], s
-            assert [r for r in s["reads"] if r[0] in BOOKKEEPING and r[1] != "losses.py"] == [], s
+            assert [r for r in s["reads"] if r[1] in OURS] == [], s
     assert module.last_step is not None and module.last_step.step == 2

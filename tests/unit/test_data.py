@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ta_train.chat import IGNORE_INDEX
-from ta_train.data import WindowedLoader, apply_weight, read_source, split_indices, trained_tokens
+from ta_train.data import FixedBatches, WindowedLoader, apply_weight, read_source, split_indices, trained_index, trained_tokens
+from ta_train.packing import pad_packed
 
 
 def test_malformed_records_are_rejected_with_file_line_and_reason(tmp_path):
@@ -123,3 +125,19 @@ def test_a_file_that_is_not_utf8_is_rejected_whole(tmp_path):
     parsed = read_source(path, "auto")
     assert parsed.conversations == []
     assert len(parsed.rejects) == 1 and parsed.rejects[0].line is None and "not UTF-8" in parsed.rejects[0].reason
+
+
+def naive_trained_index(labels):
+    """Flat b * T + t of every position whose next label is trained, by a plain loop over the tensor."""
+    B, T = labels.shape
+    return [b * T + t for b in range(B) for t in range(T - 1) if int(labels[b, t + 1]) != IGNORE_INDEX]
+
+
+def test_batches_carry_the_flat_index_of_their_trained_positions():
+    examples = [example(3, k) for k in range(1, 12)]
+    for batch in [*WindowedLoader(examples, micro_size=2, accumulation=3, pad_id=0, seed=0), *FixedBatches(examples, 3, 0)]:
+        assert batch["trained_index"].tolist() == naive_trained_index(batch["labels"])
+    packed = pad_packed([{"input_ids": [1] * 5, "labels": [IGNORE_INDEX, 4, IGNORE_INDEX, IGNORE_INDEX, 6], "position_ids": [0, 1, 0, 1, 2]},
+                         {"input_ids": [1] * 3, "labels": [IGNORE_INDEX, 2, 3], "position_ids": [0, 1, 2]}], 0)
+    assert trained_index(packed["labels"]) == [0, 3, 5, 6] == naive_trained_index(torch.tensor(packed["labels"]))
+    assert trained_index([[IGNORE_INDEX] * 4]) == [] and trained_index([]) == []

@@ -379,3 +379,16 @@ def test_cli_bad_arguments_exit_2(args: tuple[str, ...], fragment: str) -> None:
     result = _run_cli(*args)
     assert result.returncode == 2
     assert fragment in result.stderr
+
+
+def test_rewriting_replaces_the_file_whole_through_a_rename(tmp_path: Path) -> None:
+    """Ranks of one run write the same sft.jsonl while others read it: the new file is renamed
+    over the old (an open reader keeps reading whole old contents), no temporary is left behind."""
+    path = demo.write_sft(demo.build_demo_records(), tmp_path)
+    before = path.read_bytes()
+    with path.open("rb") as reader:
+        inode = os.fstat(reader.fileno()).st_ino
+        again = demo.write_sft(demo.build_demo_records(), tmp_path)
+        assert reader.read() == before  # not truncated under the reader
+    assert again == path and path.read_bytes() == before and path.stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl"]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ta_train.losses import IGNORE_INDEX, sum_token_cross_entropy, token_accuracy_counts, window_scale
+from ta_train.losses import IGNORE_INDEX, sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
 
 
 def naive_loss(logits, labels, eps):
@@ -74,3 +74,19 @@ def test_window_scale_undoes_lightning_and_ddp_averaging():
     assert window_scale(4, 1, 0) == 0.0
     # DeepSpeed: Lightning divides by accumulation, then engine.backward divides by it again
     assert 5.0 * window_scale(8, 2, 1000, engine_divides=True) / 8 / 8 / 2 == pytest.approx(5.0 / 1000)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_a_host_made_trained_index_gives_exactly_the_masked_rows_and_loss(eps):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 6, 13, generator=g)
+    labels = torch.randint(0, 13, (3, 6), generator=g)
+    labels[0, :3] = IGNORE_INDEX
+    labels[2, 4:] = IGNORE_INDEX
+    index = torch.tensor([b * 6 + t for b in range(3) for t in range(5) if labels[b, t + 1] != IGNORE_INDEX])
+    rows, targets = trained_rows(logits, labels)
+    rows_i, targets_i = trained_rows(logits, labels, index)
+    assert torch.equal(rows, rows_i) and torch.equal(targets, targets_i)
+    loss, n = sum_token_cross_entropy(logits, labels, eps)
+    loss_i, n_i = sum_token_cross_entropy(logits, labels, eps, index)
+    assert torch.equal(loss, loss_i) and n.dtype == n_i.dtype == torch.long and int(n) == int(n_i) == index.numel()

@@ -97,7 +97,7 @@ def test_whole_windows_line_up_data_lightning_and_the_engine_in_every_epoch(worl
     assert b["data"] == b["lightning"] == b["engine"] and sum(b["data"]) == 3 * len(loaders[0]) // 3
     with caplog.at_level(logging.INFO, logger="ta_train.data"):
         batches = [list(loader) for loader in loaders]
-    used = {j for per_rank in batches for batch in per_rank for j in batch["example_ids"].tolist()}
+    used = {j for per_rank in batches for batch in per_rank for j in batch["example_ids"]}
     dropped = loaders[0].dropped_examples(0)
     assert dropped > 0 and len(used) == (45 // world) * world - dropped
     assert f"epoch 0: {dropped} examples past the last whole accumulation window" in caplog.text
