@@ -24,13 +24,20 @@ def naive_loss(logits, labels, eps):
     return total, n
 
 
+def masked_batch(seed: int, T: int, V: int, prompt: int, pad_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (3, T, V) logits and labels: row 0's first `prompt` labels and row 2's labels from
+    `pad_from` on are IGNORE_INDEX."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, T, V, generator=g)
+    labels = torch.randint(0, V, (3, T), generator=g)
+    labels[0, :prompt] = IGNORE_INDEX
+    labels[2, pad_from:] = IGNORE_INDEX
+    return logits, labels
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.05, 0.3])
 def test_sum_cross_entropy_matches_naive_loop(eps):
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 7, 11, generator=g)
-    labels = torch.randint(0, 11, (3, 7), generator=g)
-    labels[0, :4] = IGNORE_INDEX
-    labels[2, 5:] = IGNORE_INDEX
+    logits, labels = masked_batch(0, T=7, V=11, prompt=4, pad_from=5)
     loss, n = sum_token_cross_entropy(logits, labels, eps)
     ref, ref_n = naive_loss(logits, labels, eps)
     assert int(n) == ref_n
@@ -78,11 +85,7 @@ def test_window_scale_undoes_lightning_and_ddp_averaging():
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_a_host_made_trained_index_gives_exactly_the_masked_rows_and_loss(eps):
-    g = torch.Generator().manual_seed(3)
-    logits = torch.randn(3, 6, 13, generator=g)
-    labels = torch.randint(0, 13, (3, 6), generator=g)
-    labels[0, :3] = IGNORE_INDEX
-    labels[2, 4:] = IGNORE_INDEX
+    logits, labels = masked_batch(3, T=6, V=13, prompt=3, pad_from=4)
     index = torch.tensor([b * 6 + t for b in range(3) for t in range(5) if labels[b, t + 1] != IGNORE_INDEX])
     rows, targets = trained_rows(logits, labels)
     rows_i, targets_i = trained_rows(logits, labels, index)
