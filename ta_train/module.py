@@ -49,6 +49,14 @@ def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any) -> torch.Tens
 HOST_KEYS = ("window_tokens", "window_end", "position", "example_ids", "token_counts")
 
 
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the model's forward (and of its decoder body's, under perf.fused_ce)."""
+    return {
+        "input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
+        "position_ids": batch.get("position_ids"), "use_cache": False,
+    }
+
+
 class CausalLMModule(L.LightningModule):
     """Token-weighted SFT loss over each optimizer step, AdamW + warmup-cosine, train/val metrics.
 
@@ -70,8 +78,6 @@ class CausalLMModule(L.LightningModule):
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # loss_sum, trained
         self.train_token_acc = TokenAccuracy()  # counts over the open accumulation window
         self.val_token_acc = TokenAccuracy()
-        self._window_ids: list[int] = []
-        self._window_bad: list[int] = []
         self.last_step: StepStats | None = None
         self._micro_batches = 0  # training_step calls: the grad-norm cache key
         self._grad_norm_cache: tuple[int, torch.Tensor | None] = (-1, None)
@@ -86,12 +92,7 @@ class CausalLMModule(L.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits (B, T, V). Packed rows carry position_ids and no attention mask (see packing.py)."""
-        return self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
-            use_cache=False,
-        ).logits
+        return self.model(**model_inputs(batch)).logits
 
     def _score(self, batch: dict[str, Any], label_smoothing: float) -> tuple[torch.Tensor, ...]:
         """(loss_sum, n_tokens, correct, total) over the batch's trained next-token positions.
@@ -112,10 +113,7 @@ class CausalLMModule(L.LightningModule):
         from ta_train.fused_ce import fused_linear_cross_entropy
 
         body, head = self._fused
-        hidden = body(
-            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"), use_cache=False,
-        ).last_hidden_state
+        hidden = body(**model_inputs(batch)).last_hidden_state  # the inputs forward() gives the whole model
         rows, targets = trained_rows(hidden, labels, index)  # (N, H): the shift works on any per-position tensor
         loss_sum, n_tokens, correct = fused_linear_cross_entropy(
             rows, head.weight, targets, head.bias, label_smoothing, self.cfg.perf.ce_chunk_rows
@@ -156,9 +154,7 @@ class CausalLMModule(L.LightningModule):
             self._step_sums = sums if self._step_sums is None else self._step_sums + sums
             if "token_counts" in batch:
                 self._step_counts = [a + int(b) for a, b in zip(self._step_counts, batch["token_counts"])]
-            ids = list(batch.get("example_ids", ()))
-            self._window_ids += ids
-            self._window_finite.append((torch.isfinite(micro_loss), ids))
+            self._window_finite.append((torch.isfinite(micro_loss), list(batch.get("example_ids", ()))))
         if bool(batch.get("window_end", True)):
             self._log_step()
         return loss
@@ -181,7 +177,8 @@ class CausalLMModule(L.LightningModule):
         finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
         host = torch.cat([sums, finite.to(sums.device)]).cpu()
         sums, finite = host[:4], host[4:]
-        self._window_bad = [j for ok, (_, ids) in zip(finite.tolist(), self._window_finite) if not ok for j in ids]
+        window_ids = [j for _, ids in self._window_finite for j in ids]
+        window_bad = [j for ok, (_, ids) in zip(finite.tolist(), self._window_finite) if not ok for j in ids]
         self._step_counts = [0, 0]
         self._step_sums, self._window_finite = None, []
         token_acc = self.train_token_acc.compute()  # sums the counts over ranks, then divides
@@ -189,9 +186,8 @@ class CausalLMModule(L.LightningModule):
         loss = sums[0] / max(sums[1], 1)
         self.last_step = StepStats(
             step=self.global_step, loss=float(loss), trained_tokens=int(sums[1]), tokens=int(sums[2]),
-            tokens_sq=int(sums[3]), example_ids=self._window_ids, nonfinite_ids=self._window_bad,
+            tokens_sq=int(sums[3]), example_ids=window_ids, nonfinite_ids=window_bad,
         )
-        self._window_ids, self._window_bad = [], []
         metrics = {
             "train/token_acc": token_acc,
             "train/tokens": sums[1],
