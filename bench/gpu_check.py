@@ -48,6 +48,7 @@ WARMUP, TIMED = 3, 10
 # later warm-up steps absorb autotuning or a recompile; timing starts after these
 WARMUP_COMPILE, COMPILE_EXTRA_S = 5, 240
 
+CUDNN_FIRST = "[cudnn,flash,efficient,math]"
 # name -> overrides on top of the shape, the gpu/cpu device settings and the data
 CASES: dict[str, list[str]] = {
     "full_bf16": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8"],
@@ -61,6 +62,10 @@ CASES: dict[str, list[str]] = {
     "full_bf16_fused_ce": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "perf.fused_ce=true"],
     "full_bf16_fused_ce_mb16": ["peft=none", "precision=bf16-mixed", "batch.micro_size=16", "perf.fused_ce=true"],
     "full_bf16_compile": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "perf.compile=true"],
+    # SDPA kernel order (ta_train.attention): cuDNN attention first (1.77 ms vs FlashAttention's
+    # 10.55 ms per layer, forward + backward, measured on the H200 by the kernels case)
+    "full_bf16_cudnn": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", f"perf.sdpa_backends={CUDNN_FIRST}"],
+    "lora_bf16_cudnn": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", f"perf.sdpa_backends={CUDNN_FIRST}"],
     "lora_bf16_compile": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "perf.compile=true"],
     # everything at once: compiled layers, chunked loss, and the micro-batch the freed memory allows
     "full_bf16_fused_ce_mb16_compile": [
@@ -216,6 +221,7 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         "plan_breakdown": plan.breakdown, "plan_fits": plan.fits, "loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         "fused_ce": module._fused is not None,  # perf.fused_ce really ran (no fallback)
     }
+    out.update(sdpa_kernels(cfg, module, device))
     out.update(logged_perf(Path(cfg.run_dir) / "metrics.csv", warmup))
     if cfg.perf.compile:  # graphs dynamo captured; more than one per direction means recompiles
         import torch._dynamo.utils
@@ -228,6 +234,18 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         free, total = torch.cuda.mem_get_info()
         out["device_used_gib_at_end"] = round((total - free) / gib, 2)
     return out
+
+
+def sdpa_kernels(cfg, module, device: str) -> dict:
+    """Which SDPA kernel the case's attention ran: as settled (perf.sdpa_backends) or PyTorch's order."""
+    from ta_train.attention import probe_model
+
+    choice = module.attention_choice
+    if choice is None and module.model.config._attn_implementation == "sdpa":
+        choice = probe_model(module.model, None, precision=cfg.precision.name, seq_len=cfg.data.max_seq_len, device=device)
+    if choice is None:
+        return {}
+    return {"kernel": choice.unmasked, "sdpa": choice.describe(cfg.perf.sdpa_backends)}
 
 
 def logged_perf(csv_path: Path, warmup: int = WARMUP) -> dict:
@@ -282,19 +300,42 @@ def kernels(device: str) -> dict:
         a @ b
     torch.cuda.synchronize()
     out["gemm_bf16_tflops"] = round(10 * 2 * n**3 / (time.perf_counter() - t) / 1e12, 1)
-    q, k, v = (torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    # forward + backward of the 1b shape's attention (8 x 2,048 tokens, 32 heads of 64), causal:
+    # "mha" all heads equal; "gqa" 8 key/value heads passed with enable_gqa (what transformers does
+    # without a mask), "gqa_rkv" the same k, v repeated to 32 heads first (ta_train.attention)
+    def qkv(kv_heads: int) -> list:
+        return [torch.randn(8, h, 2048, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for h in (32, kv_heads, kv_heads)]
+
+    def repeated(x):
+        return x[:, :, None].expand(8, 8, 4, 2048, 64).reshape(8, 32, 2048, 64)
+
+    calls = {
+        "mha": (qkv(32), lambda q, k, v: (q, k, v), False),
+        "gqa": (qkv(8), lambda q, k, v: (q, k, v), True),
+        "gqa_rkv": (qkv(8), lambda q, k, v: (q, repeated(k), repeated(v)), True),
+    }
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
-        try:
-            with sdpa_kernel([backend]):
-                for i in range(4):
-                    if i == 1:
-                        torch.cuda.synchronize()
-                        t = time.perf_counter()
-                    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
-                torch.cuda.synchronize()
-            out[f"sdpa_{backend.name.lower()}_ms"] = round((time.perf_counter() - t) / 3 * 1e3, 2)
-        except RuntimeError as exc:
-            out[f"sdpa_{backend.name.lower()}_ms"] = f"unavailable: {str(exc).splitlines()[0][:80]}"
+        for label, (tensors, prep, gqa) in calls.items():
+            key = f"sdpa_{backend.name.lower()}_{label}_ms"
+            grad = torch.randn(8, 32, 2048, 64, device="cuda", dtype=torch.bfloat16)
+            try:
+                with sdpa_kernel([backend]):
+                    for i in range(4):
+                        if i == 1:
+                            torch.cuda.synchronize()
+                            t = time.perf_counter()
+                        q, k, v = prep(*tensors)
+                        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+                        o.backward(grad)
+                    torch.cuda.synchronize()
+                out[key] = round((time.perf_counter() - t) / 3 * 1e3, 2)
+            except RuntimeError as exc:
+                out[key] = f"unavailable: {str(exc).splitlines()[0][:80]}"
+    from ta_train.attention import probe
+
+    shape = dict(n_heads=32, n_kv_heads=8, head_dim=64, seq_len=2048, dtype=torch.bfloat16, device="cuda")
+    out["sdpa_default_order"] = probe(None, **shape).describe(None)
+    out["sdpa_cudnn_first"] = probe(["cudnn", "flash", "efficient", "math"], **shape).describe(["cudnn", "flash", "efficient", "math"])
     import importlib.util
 
     for pkg in ("flash_attn", "bitsandbytes", "deepspeed"):
@@ -341,7 +382,7 @@ def table(results: list[dict]) -> str:
             continue
         m = r.get("mfu")
         rows.append(
-            f"| {r['case']} | {r['attn']} | {r['micro_batch']} x {r['seq']} | {r['tokens_per_s']:,} | {fmt(r['tflops'])} "
+            f"| {r['case']} | {r['attn']}{' / ' + r['kernel'] if r.get('kernel') else ''} | {r['micro_batch']} x {r['seq']} | {r['tokens_per_s']:,} | {fmt(r['tflops'])} "
             f"| {fmt(m * 100 if m is not None else None)}% | {fmt(r['plan_peak_gib'], 2)} | {fmt(r.get('max_allocated_gib'), 2)} "
             f"| {fmt(r.get('max_reserved_gib'), 2)} | {fmt(r['loss'], 3)} | {r['steps_timed']} steps timed{', fused CE' if r.get('fused_ce') else ''} |"
         )

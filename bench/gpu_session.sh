@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One short GPU session (reference card: H200; fits about 10 minutes of device time):
 #   bash bench/gpu_session.sh [OUT_DIR]
-# 1. the CUDA tests that have not run on a GPU yet (tests/gpu: ZeRO-3 LoRA through Lightning,
-#    fused cross-entropy in bf16, host syncs of the training step), then the rest of tests/gpu;
+# 1. the CUDA tests that have not run on a GPU yet (tests/gpu: cuDNN attention first, ZeRO-3 LoRA
+#    through Lightning, fused cross-entropy in bf16, host syncs of the training step), then the rest;
 # 2. the throughput cases that decide issue 6's MFU goal (bench/gpu_check.py): the bf16 full
-#    fine-tune baseline, the chunked loss at micro-batch 16, compiled decoder layers, and all of
+#    fine-tune baseline, cuDNN attention first, the chunked loss at micro-batch 16, compiled decoder layers, and all of
 #    them together; LoRA for the memory plan.
 # Each phase has its own time limit (PHASE1_S, PHASE2_S seconds), so one hung case cannot eat the
 # session. Results: OUT_DIR/pytest.txt, OUT_DIR/gpu_check.json and the table on stdout.
@@ -14,13 +14,14 @@ OUT=${1:-${OUT:-/tmp/ta-gpu-session}}
 PY=${PYTHON:-python3}
 PHASE1_S=${PHASE1_S:-200}
 PHASE2_S=${PHASE2_S:-420}
-CASES=${CASES:-kernels,full_bf16,full_bf16_fused_ce_mb16,full_bf16_compile,full_bf16_fused_ce_mb16_compile,lora_bf16}
+CASES=${CASES:-kernels,full_bf16,full_bf16_cudnn,full_bf16_fused_ce_mb16,full_bf16_compile,full_bf16_fused_ce_mb16_compile,lora_bf16}
 mkdir -p "$OUT"
 start=$(date +%s)
 
 echo "== phase 1: pytest tests/gpu (limit ${PHASE1_S}s)"
 timeout "$PHASE1_S" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
-    tests/gpu/test_deepspeed_gpu.py tests/gpu/test_fused_ce_cuda.py tests/gpu/test_host_sync_cuda.py tests/gpu \
+    tests/gpu/test_sdpa_backends_cuda.py tests/gpu/test_deepspeed_gpu.py tests/gpu/test_fused_ce_cuda.py \
+    tests/gpu/test_host_sync_cuda.py tests/gpu \
     2>&1 | tee "$OUT/pytest.txt" | tail -25
 echo "phase 1 rc=${PIPESTATUS[0]} after $(( $(date +%s) - start ))s"
 

@@ -292,8 +292,20 @@ class PerfConfig:
     # from the start; False: static, one compile per sequence length (only with fixed lengths)
     compile_dynamic: Optional[bool] = None
     compile_backend: str = "inductor"  # inductor | aot_eager (no generated kernels: debugging) | eager (dynamo only)
+    # SDPA kernels in priority order (ta_train.attention), e.g. [cudnn,flash,efficient,math]; those left
+    # out are not used. None: PyTorch's own order. Applies to model.attn_implementation sdpa (or auto
+    # resolving to it); the run logs which kernel unmasked and masked rows get on the training device.
+    sdpa_backends: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
+        if self.sdpa_backends is not None:
+            names = list(self.sdpa_backends)
+            if not names:
+                raise ValueError("perf.sdpa_backends=[]: list at least one kernel, or null for PyTorch's order")
+            for name in names:
+                _check_choice("perf.sdpa_backends", name, SDPA_BACKENDS)
+            if len(set(names)) != len(names):
+                raise ValueError(f"perf.sdpa_backends={names}: each kernel at most once")
         if self.ce_chunk_rows < 1:
             raise ValueError(f"perf.ce_chunk_rows={self.ce_chunk_rows}: expected a positive number of rows per chunk")
         _check_choice("perf.compile_mode", self.compile_mode, COMPILE_MODES)
@@ -301,6 +313,9 @@ class PerfConfig:
         if self.compile_mode != "default" and self.compile_backend != "inductor":
             raise ValueError(f"perf.compile_mode={self.compile_mode} needs perf.compile_backend=inductor, got {self.compile_backend}")
 
+
+# perf.sdpa_backends names (torch.nn.attention.SDPBackend: CUDNN_ATTENTION, FLASH_ATTENTION, ...)
+SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
 
 # torch.compile's modes (torch._inductor.list_mode_options); cudagraph modes only act on CUDA
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -374,6 +389,13 @@ class TrainConfig:
         refusal = compile_refusal(self.perf, self.strategy) if isinstance(self.strategy, StrategyConfig) else None
         if refusal:
             raise ValueError(refusal)
+        if isinstance(self.model, ModelConfig) and isinstance(self.perf, PerfConfig) and self.perf.sdpa_backends:
+            attn = AttnImplementation(self.model.attn_implementation)
+            if attn not in (AttnImplementation.sdpa, AttnImplementation.auto):
+                raise ValueError(
+                    f"perf.sdpa_backends orders PyTorch's SDPA kernels; model.attn_implementation={attn.value} "
+                    "does not use them (set model.attn_implementation=sdpa, or perf.sdpa_backends=null)"
+                )
 
 
 def register_configs() -> None:

@@ -163,6 +163,13 @@ def build_model(cfg: TrainConfig, vocab_size: int | None = None) -> Any:
     if vocab_size is not None:
         resize_embeddings(model, vocab_size)
     model.config.use_cache = False
+    if cfg.perf.sdpa_backends:
+        from ta_train import attention
+
+        if model.config._attn_implementation == "sdpa":  # settled on the device at fit start (CausalLMModule)
+            attention.install(model, cfg.perf.sdpa_backends)
+        else:
+            log.warning("perf.sdpa_backends ignored: attention runs %s, not sdpa", model.config._attn_implementation)
     if cfg.peft.method == PeftMethod.qlora:
         from peft import prepare_model_for_kbit_training
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from ta_train import attention
 from ta_train.config import PeftMethod, TrainConfig
 from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
 from ta_train.metrics import TokenAccuracy
@@ -71,6 +72,7 @@ class CausalLMModule(L.LightningModule):
         self.accumulation = accumulation
         self.vocab_size = vocab_size
         self.model: Any = None
+        self.attention_choice: attention.Choice | None = None  # perf.sdpa_backends, settled at fit start
         self.strict_loading = cfg.peft.method == PeftMethod.none
         self._step_sums: torch.Tensor | None = None  # loss_sum, trained of the open window: on the device
         self._step_counts = [0, 0]  # tokens, tokens^2 of the open window: host ints (batch metadata)
@@ -89,6 +91,14 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = build_model(self.cfg, self.vocab_size)
+
+    def on_fit_start(self) -> None:
+        """perf.sdpa_backends: ask PyTorch on the training device which kernel runs, and log it."""
+        if self.cfg.perf.sdpa_backends and str(self.model.config._attn_implementation).startswith(attention.PREFIX):
+            self.attention_choice = attention.settle(
+                self.model, self.cfg.perf.sdpa_backends, precision=self.cfg.precision.name,
+                seq_len=self.cfg.data.max_seq_len, device=self.device,
+            )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits (B, T, V). Packed rows carry position_ids and no attention mask (see packing.py)."""
