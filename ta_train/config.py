@@ -119,6 +119,13 @@ class DataConfig:
     system_prompt: Optional[str] = None  # applied to records that carry none
     packing: bool = False  # several examples per max_seq_len row, isolated by position_ids
     shuffle_seed: int = 1234
+    # micro-batches collated ahead in a background thread while the device computes (ta_train.prefetch);
+    # 0 collates inline. On CUDA the batches are also page-locked for an asynchronous copy.
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise ValueError(f"data.prefetch={self.prefetch}: expected 0 (collate inline) or a number of micro-batches")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ta_data.records import Reject, json_lines
 from ta_train.chat import IGNORE_INDEX, EncodingRejected, encode_with_info, from_alpaca, from_sharegpt, pad_right
 from ta_train.config import DataConfig, SourceConfig
 from ta_train.packing import pad_packed
+from ta_train.prefetch import prefetched
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class WindowedLoader:
         rank: int = 0,
         world_size: int = 1,
         whole_windows: bool = False,
+        prefetch: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         if len(examples) < micro_size * world_size:
             raise ValueError(
@@ -194,6 +197,7 @@ class WindowedLoader:
         self.examples, self.micro_size, self.accumulation = examples, micro_size, accumulation
         self.pad_id, self.seed, self.rank, self.world_size = pad_id, seed, rank, world_size
         self.whole_windows = whole_windows
+        self.prefetch, self.pin_memory = prefetch, pin_memory  # ta_train.prefetch
         self.epoch, self._start = 0, 0
         if whole_windows and len(self) == 0:
             raise ValueError(
@@ -259,8 +263,13 @@ class WindowedLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         # Advance the epoch when iteration starts: Lightning stops at len() without exhausting us.
-        epoch, plan, start = self.epoch, self.epoch_plan(self.epoch), self._start
+        epoch, start = self.epoch, self._start
         self.epoch, self._start = self.epoch + 1, 0
+        yield from prefetched(self._batches(epoch, start), self.prefetch, self.pin_memory)
+
+    def _batches(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        """`epoch`'s micro-batches from index `start` on, collated (in the prefetch thread when on)."""
+        plan = self.epoch_plan(epoch)
         if self.whole_windows and self.rank == 0 and (dropped := self.dropped_examples(epoch)):
             log.info("epoch %d: %d examples past the last whole accumulation window wait for the next epoch "
                      "(DeepSpeed steps on whole windows only)", epoch, dropped)
@@ -301,13 +310,18 @@ def shard_evenly(examples: list[dict[str, list[int]]], rank: int, world_size: in
 class FixedBatches:
     """Validation micro-batches in a fixed order (one iterable: Lightning reads a list as many loaders)."""
 
-    def __init__(self, examples: list[dict[str, list[int]]], micro_size: int, pad_id: int) -> None:
+    def __init__(self, examples: list[dict[str, list[int]]], micro_size: int, pad_id: int,
+                 prefetch: int = 0, pin_memory: bool = False) -> None:
         self.examples, self.micro_size, self.pad_id = examples, micro_size, pad_id
+        self.prefetch, self.pin_memory = prefetch, pin_memory
 
     def __len__(self) -> int:
         return -(-len(self.examples) // self.micro_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        yield from prefetched(self._batches(), self.prefetch, self.pin_memory)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         for i in range(0, len(self.examples), self.micro_size):
             yield to_tensors(pad_right(self.examples[i : i + self.micro_size], self.pad_id))
 

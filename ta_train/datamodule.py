@@ -154,6 +154,8 @@ class SFTDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             whole_windows=bool(trainer and trainer.strategy.handles_gradient_accumulation),  # DeepSpeed: see WindowedLoader
+            prefetch=self.cfg.prefetch,
+            pin_memory=self._pin_memory(),
         )
         position = getattr(trainer.lightning_module, "resume_data_position", None) if trainer else None
         if position is not None:  # resuming: continue after the last micro-batch the checkpoint trained
@@ -163,4 +165,9 @@ class SFTDataModule(L.LightningDataModule):
     def val_dataloader(self) -> FixedBatches:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return FixedBatches(shard_evenly(self.val_examples, rank, world), self.micro_size, self.pad_id)
+        return FixedBatches(shard_evenly(self.val_examples, rank, world), self.micro_size, self.pad_id,
+                            prefetch=self.cfg.prefetch, pin_memory=self._pin_memory())
+
+    def _pin_memory(self) -> bool:
+        """Page-locked batches when training on CUDA: the host-to-device copy is then asynchronous."""
+        return bool(self.trainer) and self.trainer.strategy.root_device.type == "cuda"

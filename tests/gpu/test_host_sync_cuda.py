@@ -79,3 +79,24 @@ def test_bookkeeping_and_scoring_sync_once_per_optimizer_step(make_cfg, fused):
     assert [end for end, _ in probe.steps] == [False, False, True] * 2
     for end, syncs in probe.steps:
         assert syncs == (["_log_step"] if end else []), probe.steps
+
+
+class PinProbe(L.Callback):
+    """Records whether the training loader's batches are page-locked before Lightning moves them."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.pinned: list[bool] = []
+        dm = trainer.datamodule
+        before = dm.on_before_batch_transfer
+
+        def probed(batch, dataloader_idx):
+            self.pinned.append(all(v.is_pinned() for v in batch.values() if isinstance(v, torch.Tensor)))
+            return before(batch, dataloader_idx)
+
+        dm.on_before_batch_transfer = probed
+
+
+def test_batches_are_prefetched_page_locked_on_cuda(make_cfg):
+    probe = PinProbe()
+    fit(make_cfg(*GPU, "data.prefetch=2"), [probe])
+    assert probe.pinned and all(probe.pinned), probe.pinned
