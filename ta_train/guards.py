@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from ta_train.config import GuardsConfig, TrainConfig
-from ta_train.metrics import SpikeDetector, format_report
+from ta_train.metrics import SpikeDetector, format_report, host_scalar
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,11 @@ class GuardCallback(L.Callback):
         if not math.isfinite(stats.loss):  # summed over ranks: a NaN micro-batch on one rank stops them all
             bad, seen = gather_ids(trainer, stats.nonfinite_ids, stats.example_ids)
             self._stop(trainer, f"the training loss is {stats.loss}", bad or seen, self._nonfinite_causes())
-        norm = pl_module.grad_norm()
+        norm = pl_module.grad_norm_host()
         if norm is not None and not bool(norm.isfinite()):
             if self.precision == "16-mixed":  # the loss scaler skips this update and lowers its scale
                 self.skipped_fp16_steps += 1
-                pl_module.log("train/fp16_skipped_steps", float(self.skipped_fp16_steps), on_step=True, on_epoch=False, rank_zero_only=True)
+                pl_module.log("train/fp16_skipped_steps", host_scalar(self.skipped_fp16_steps), on_step=True, on_epoch=False, rank_zero_only=True)
             else:
                 ids = gather_ids(trainer, stats.example_ids)[0]  # the norm of all-reduced gradients: same on all ranks
                 self._stop(trainer, f"the gradient norm is {float(norm)} (loss {stats.loss:.4f})", ids, self._nonfinite_causes())
@@ -176,7 +176,7 @@ class GuardCallback(L.Callback):
     def _check_spike(self, trainer: Any, pl_module: Any, stats: Any) -> None:
         spike, z = self.spikes.observe(stats.loss)
         if z is not None:
-            pl_module.log("train/loss_zscore", max(min(z, 1e6), -1e6), on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/loss_zscore", host_scalar(max(min(z, 1e6), -1e6)), on_step=True, on_epoch=False, rank_zero_only=True)
         if not spike:  # judged on the loss summed over ranks: every rank takes the same branch
             return
         ids = gather_ids(trainer, stats.example_ids)[0]

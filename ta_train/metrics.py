@@ -55,6 +55,16 @@ class TokenAccuracy(Metric):
         return self.correct.double() / max(int(self.total), 1)
 
 
+def host_scalar(value: float) -> torch.Tensor:
+    """A number to log, as a CPU tensor.
+
+    Lightning turns a Python number given to `self.log` into a tensor on the module's device
+    (`torch.tensor(value, device=...)`); on CUDA that blocking copy waits for all queued work, e.g.
+    the optimizer step just launched. A CPU tensor stays on the host until the logger reads it.
+    """
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
 def robust_zscore(value: float, history: Sequence[float]) -> float:
     """0.6745 * (value - median) / MAD of `history` (MAD: median absolute deviation).
 

@@ -12,7 +12,7 @@ import torch
 from ta_train import attention
 from ta_train.config import PeftMethod, TrainConfig
 from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
-from ta_train.metrics import TokenAccuracy
+from ta_train.metrics import TokenAccuracy, host_scalar
 from ta_train.model import build_model
 from ta_train.optim import build_optimizer
 
@@ -83,6 +83,7 @@ class CausalLMModule(L.LightningModule):
         self.last_step: StepStats | None = None
         self._micro_batches = 0  # training_step calls: the grad-norm cache key
         self._grad_norm_cache: tuple[int, torch.Tensor | None] = (-1, None)
+        self._grad_norm_host: tuple[int, torch.Tensor | None] = (-1, None)  # its host copy (grad_norm_host)
         self._data_position: tuple[int, int] | None = None  # (epoch, next micro-batch) to resume at
         self.resume_data_position: tuple[int, int] | None = None
         self._fused: tuple[Any, Any] | None = None  # (decoder body, lm_head) under perf.fused_ce, else None
@@ -176,23 +177,25 @@ class CausalLMModule(L.LightningModule):
         same index), not from on_before_optimizer_step: under DeepSpeed Lightning calls that hook
         on every micro-batch.
 
-        The one host-device synchronization of the window: the device sums and the host counts are
-        reduced over ranks in one collective and come back, with each micro-batch's finite flag,
-        in one transfer.
+        The one host-device synchronization of the window: the device sums, the token-accuracy
+        counts and the host counts are reduced over ranks in one collective and come back, with
+        each micro-batch's finite flag, in one transfer. Everything logged is then a host value
+        (metrics.host_scalar), so the logger reads nothing back from the device.
         """
         step_sums = self._step_sums if self._step_sums is not None else torch.zeros(2, dtype=torch.float64, device=self.device)
         counts = torch.tensor(self._step_counts, dtype=torch.float64)
-        local = torch.cat([step_sums, counts.to(self.device, non_blocking=True)])  # no stream sync
-        sums = self.trainer.strategy.reduce(local, reduce_op="sum")
+        acc = self.train_token_acc  # its correct / total states, summed over ranks here (as compute() would)
+        local = torch.cat([step_sums, counts.to(self.device, non_blocking=True), acc.correct.reshape(1), acc.total.reshape(1)])
+        sums = self.trainer.strategy.reduce(local.double(), reduce_op="sum")
         finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
         host = torch.cat([sums, finite.to(sums.device)]).cpu()
-        sums, finite = host[:4], host[4:]
+        sums, finite = host[:6], host[6:]
         window_ids = [j for _, ids in self._window_finite for j in ids]
         window_bad = [j for ok, (_, ids) in zip(finite.tolist(), self._window_finite) if not ok for j in ids]
         self._step_counts = [0, 0]
         self._step_sums, self._window_finite = None, []
-        token_acc = self.train_token_acc.compute()  # sums the counts over ranks, then divides
-        self.train_token_acc.reset()
+        acc.reset()
+        token_acc = sums[4] / max(float(sums[5]), 1.0)
         loss = sums[0] / max(sums[1], 1)
         self.last_step = StepStats(
             step=self.global_step, loss=float(loss), trained_tokens=int(sums[1]), tokens=int(sums[2]),
@@ -201,7 +204,7 @@ class CausalLMModule(L.LightningModule):
         metrics = {
             "train/token_acc": token_acc,
             "train/tokens": sums[1],
-            "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "train/lr": host_scalar(self.trainer.optimizers[0].param_groups[0]["lr"]),
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
@@ -223,6 +226,15 @@ class CausalLMModule(L.LightningModule):
         self._grad_norm_cache = (self._micro_batches, norm)
         return norm
 
+    def grad_norm_host(self) -> torch.Tensor | None:
+        """grad_norm() read back to the host once per micro-batch: the one read of the optimizer
+        step after backward (guards, train/grad_norm). Read there, before the update is launched,
+        nothing logged at the step's end makes the host wait for the update."""
+        if self._grad_norm_host[0] != self._micro_batches:
+            norm = self.grad_norm()
+            self._grad_norm_host = (self._micro_batches, None if norm is None else norm.detach().cpu())
+        return self._grad_norm_host[1]
+
     def _shards_gradients(self) -> bool:
         from lightning.pytorch.strategies import FSDPStrategy
 
@@ -231,7 +243,7 @@ class CausalLMModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.trainer.strategy.handles_gradient_accumulation:  # DeepSpeed: see on_train_batch_end
             return
-        norm = self.grad_norm()
+        norm = self.grad_norm_host()
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
 
@@ -244,7 +256,7 @@ class CausalLMModule(L.LightningModule):
 
         norm = engine_grad_norm(self.trainer)
         if norm is not None:
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
+            self.log("train/grad_norm", host_scalar(norm), on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums.zero_()

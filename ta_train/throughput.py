@@ -28,6 +28,7 @@ import lightning as L
 import torch
 
 from ta_train.config import ArchConfig, PeftMethod, TrainConfig
+from ta_train.metrics import host_scalar
 from ta_train.perf import mfu, train_flops_per_token
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class PerfMonitor(L.Callback):
             return  # the accumulation window is still open
         seconds = time.monotonic() - self._start
         self._start, self._done_step = None, stats.step
-        pl_module.log_dict(self.step_metrics(stats, seconds, pl_module.device, trainer.world_size),
+        metrics = self.step_metrics(stats, seconds, pl_module.device, trainer.world_size)
+        pl_module.log_dict({k: host_scalar(v) for k, v in metrics.items()},
                            on_step=True, on_epoch=False, rank_zero_only=True)
 
     def step_metrics(self, stats: Any, seconds: float, device: torch.device, devices: int) -> dict[str, float]:

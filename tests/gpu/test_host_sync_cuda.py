@@ -100,3 +100,57 @@ def test_batches_are_prefetched_page_locked_on_cuda(make_cfg):
     probe = PinProbe()
     fit(make_cfg(*GPU, "data.prefetch=2"), [probe])
     assert probe.pinned and all(probe.pinned), probe.pinned
+
+
+class StepEndProbe(L.Callback):
+    """CUDA syncs from the optimizer-step hooks to the next micro-batch, split at on_train_batch_end:
+    after the update is launched the host must not wait for it (the logged values are host tensors,
+    the next batch is prefetched and page-locked), so it can queue the next forward meanwhile."""
+
+    def __init__(self) -> None:
+        self.before_end: list[list[str]] = []
+        self.after_end: list[list[str]] = []
+        self._caught: list | None = None
+        self._ctx = None
+
+    def on_fit_start(self, trainer, pl_module):
+        trainer.callbacks.remove(self)
+        trainer.callbacks.insert(0, self)  # first in every hook: sees the other callbacks' logging
+
+    def _start(self):
+        self._ctx = warnings.catch_warnings(record=True)
+        self._caught = self._ctx.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def _take(self) -> list[str]:
+        torch.cuda.set_sync_debug_mode("default")
+        caught = [f"{Path(w.filename).name}:{w.lineno}" for w in self._caught if "synchroniz" in str(w.message)]
+        self._ctx.__exit__(None, None, None)
+        self._ctx = self._caught = None
+        return caught
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._ctx is not None:
+            self.before_end.append(self._take())
+            self._start()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._ctx is not None:
+            self.after_end.append(self._take())
+
+    def on_train_end(self, trainer, pl_module):
+        if self._ctx is not None:
+            self._take()
+
+
+def test_the_host_does_not_wait_for_the_update_before_queueing_the_next_step(make_cfg):
+    probe = StepEndProbe()
+    fit(make_cfg(*GPU, "batch.global_size=2", "trainer.max_steps=4"), [probe])
+    assert len(probe.after_end) == 3
+    assert all(not syncs for syncs in probe.after_end), probe.after_end
+    # before the update: the gradient norm, read once (guards, train/grad_norm, clipping)
+    assert all(len(syncs) <= 1 for syncs in probe.before_end), probe.before_end

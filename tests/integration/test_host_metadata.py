@@ -66,7 +66,8 @@ class ValueReads(TorchFunctionMode):
         if name in ("tensor", "as_tensor") and (kwargs or {}).get("device") is not None:  # a host-to-device copy
             self.reads.append((*_module_caller(), f"{name}(device=)"))
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and (on_host or to_host):
+        made_on_host = name in ("tensor", "as_tensor") and (kwargs or {}).get("device") is None
+        if isinstance(out, torch.Tensor) and (on_host or to_host or made_on_host):
             self.host[id(out)] = out
         return out
 
@@ -129,10 +130,40 @@ def test_one_reduce_and_no_device_read_per_micro_batch_except_at_the_window_end(
                                    "example_ids": "tuple", "token_counts": "tuple"}
         if s["window_end"]:
             assert s["reduces"] == ["_log_step"]  # one collective per optimizer step
-            # sums, counts and finite flags come back in one transfer (the token accuracy's
-            # compute and Lightning's log read theirs on the way, in their own code)
-            assert [r for r in s["reads"] if r[1] == "module.py"] == [("_log_step", "module.py", "cpu")], s
+            # sums, token-accuracy counts, host counts and finite flags come back in one transfer
+            assert [r for r in s["reads"] if r[1] in OURS] == [("_log_step", "module.py", "cpu")], s
         else:  # neither the bookkeeping nor the scoring (losses.py, fused_ce.py) waits for the device
             assert s["reduces"] == [], s
             assert [r for r in s["reads"] if r[1] in OURS] == [], s
     assert module.last_step is not None and module.last_step.step == 2
+
+
+class LoggedValues(L.Callback):
+    """Every value the module logs during training, and whether it is host data (made on the host or
+    read back by a .cpu()): Lightning makes a device tensor of a Python number (a blocking copy on
+    CUDA) and its logger reads device tensors back, both waiting for all queued work."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.mode, self.logged = ValueReads(), []
+        self.mode.__enter__()
+        log = pl_module.log
+
+        def spy(name, value, *args, **kwargs):
+            host = isinstance(value, torch.Tensor) and id(value) in self.mode.host
+            self.logged.append((name, type(value).__name__, host))
+            return log(name, value, *args, **kwargs)
+
+        pl_module.log = spy
+
+    def on_train_end(self, trainer, pl_module):
+        self.mode.__exit__(None, None, None)
+
+
+def test_every_training_metric_is_logged_as_a_host_tensor(make_cfg):
+    cfg = make_cfg("trainer.max_steps=3", "batch.global_size=4", "batch.micro_size=2", "trainer.limit_val_batches=0",
+                   "data.max_seq_len=128", "guards.spike_min_history=1")
+    spy = LoggedValues()
+    fit(cfg, [spy])
+    names = {name for name, _, _ in spy.logged}
+    assert {"train/loss", "train/token_acc", "train/lr", "train/grad_norm", "train/loss_zscore", "perf/tokens_per_s"} <= names, names
+    assert [x for x in spy.logged if not x[2]] == [], sorted(set(spy.logged))
