@@ -237,9 +237,14 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_ratio: float = 0.03  # of the total optimizer steps (seed: 3%)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    # torch's fused AdamW: one kernel over the states, no fp32 sqrt(v) temporary; the module clips
+    # (configure_gradient_clipping). adamw only, not under DeepSpeed (fused_optimizer_refusal)
+    fused: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.name, ("adamw", "adamw8bit", "paged_adamw8bit"))
+        if self.fused and self.name != "adamw":
+            raise ValueError(f"optim.fused=true needs optim.name=adamw, got {self.name}: bitsandbytes' 8-bit AdamW is already one fused kernel per tensor")
 
 
 @dataclass
@@ -300,6 +305,14 @@ class PerfConfig:
         _check_choice("perf.compile_backend", self.compile_backend, ("inductor", "aot_eager", "eager"))
         if self.compile_mode != "default" and self.compile_backend != "inductor":
             raise ValueError(f"perf.compile_mode={self.compile_mode} needs perf.compile_backend=inductor, got {self.compile_backend}")
+
+
+def fused_optimizer_refusal(optim: OptimConfig, strategy: StrategyConfig) -> Optional[str]:
+    """Why optim.fused cannot run with this strategy, or None (DeepSpeed steps its own optimizer)."""
+    if optim.fused and strategy.name == "deepspeed":
+        return ("optim.fused=true is not supported with strategy=deepspeed: the DeepSpeed engine steps, unscales and clips "
+                "its own flattened fp32 partitions (DeepSpeedCPUAdam under offload); use strategy auto, ddp or fsdp")
+    return None
 
 
 # torch.compile's modes (torch._inductor.list_mode_options); cudagraph modes only act on CUDA
@@ -371,7 +384,9 @@ class TrainConfig:
     cache_dir: str = "~/.cache/ta"  # converted offline models live here
 
     def __post_init__(self) -> None:
-        refusal = compile_refusal(self.perf, self.strategy) if isinstance(self.strategy, StrategyConfig) else None
+        refusal = None
+        if isinstance(self.strategy, StrategyConfig):
+            refusal = compile_refusal(self.perf, self.strategy) or fused_optimizer_refusal(self.optim, self.strategy)
         if refusal:
             raise ValueError(refusal)
 
