@@ -30,6 +30,14 @@ ADAM_STATE_BYTES = 8
 # bitsandbytes 8-bit AdamW: m and v in 1 byte each plus one fp32 absmax per 256-value block of each
 # (block-wise quantization, Dettmers et al. 2022): 2 + 2 * 4 / 256 bytes per parameter.
 ADAM_8BIT_STATE_BYTES = 2 + 2 * 4 / 256
+# Extra bytes inside optimizer.step() per trainable parameter (bench/optim_step_memory.py, bench/RESULTS.md
+# Machine A): torch's AdamW on CUDA tensors defaults to its foreach path, which allocates the fp32
+# sqrt(v) of a whole parameter group at once (measured 4.000 B per parameter of the largest group;
+# counted here over all trainable parameters: the decayed group holds nearly all of them). Fused
+# AdamW (optim.fused) measured 0; bitsandbytes' 8-bit kernels update each tensor in place, and
+# DeepSpeedCPUAdam steps in CPU RAM. On CPU torch steps tensor by tensor (2 fp32 temporaries of the
+# largest tensor, measured 8 B per its parameter): not counted, a few hundred MiB at most.
+FOREACH_STEP_BYTES = 4
 # ZeRO reduces gradients in buckets of this many elements (ta_train.zero writes it into the
 # DeepSpeed JSON as reduce_bucket_size; Lightning's default is the same 2e8).
 ZERO_BUCKET_ELEMENTS = 200_000_000
@@ -75,6 +83,7 @@ class Setup:
     fused_ce: bool = False  # perf.fused_ce: chunked lm_head + cross-entropy (ta_train.fused_ce)
     ce_chunk_rows: int = 4096  # perf.ce_chunk_rows
     plain_lm_head: bool = True  # model.plain_lm_head: the fused loss can replace the head
+    fused_optimizer: bool = False  # optim.fused: torch's fused AdamW (no step temporaries)
 
     @property
     def half(self) -> bool:
@@ -176,9 +185,21 @@ def gradient_bytes(arch: ArchConfig, s: Setup) -> float:
     return float((2 if s.deepspeed_half else 4) * trainable_params(arch, s))
 
 
+def step_temporary_bytes(arch: ArchConfig, s: Setup) -> float:
+    """Transient bytes of optimizer.step() on the device, before sharding (see FOREACH_STEP_BYTES)."""
+    offloaded = s.strategy == "deepspeed" and s.offload_optimizer
+    if s.optimizer != "adamw" or s.fused_optimizer or s.cpu or offloaded:
+        return 0.0
+    return float(FOREACH_STEP_BYTES * trainable_params(arch, s))
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """Per-device GiB by kind, plus CPU RAM used by offload (all devices of the node together)."""
+    """Per-device GiB by kind, plus CPU RAM used by offload (all devices of the node together).
+
+    `buffers` also holds the optimizer step's temporaries where the step's peak exceeds the
+    backward peak (see `estimate`), so `peak` is the larger of the two.
+    """
 
     weights: float
     optimizer: float
@@ -227,16 +248,23 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
         opt = 0.0
         grad = min(grad, OFFLOAD_GRAD_BUCKET_BYTES)
     buffers = logits_bytes(arch, s) + RUNTIME_OVERHEAD_GIB * GIB
+    gathered = 0.0
     if stage >= 3:  # all-gather of the current and the prefetched layer, in compute dtype
         layer_params = linear_params(arch) / arch.n_layers
-        buffers += 2 * layer_params * (2 if s.half else 4)
+        gathered = 2 * layer_params * (2 if s.half else 4)
+    buffers += gathered
     if s.strategy == "ddp" and d > 1:
         buffers += gradient_bytes(arch, s)
+    activations = activation_bytes(arch, s)
+    # optimizer.step() runs once backward has freed the activations, the logits buffers, the layer
+    # gathers and autocast's half weights; each rank steps its optimizer shard at stage >= 1
+    step = step_temporary_bytes(arch, s) / (d if stage >= 1 else 1)
+    buffers += max(0.0, step - (autocast_copy + activations + logits_bytes(arch, s) + gathered))
     return Estimate(
         weights=(w + autocast_copy) / GIB,
         optimizer=opt / GIB,
         gradients=grad / GIB,
-        activations=activation_bytes(arch, s) / GIB,
+        activations=activations / GIB,
         buffers=buffers / GIB,
         cpu_offload=cpu / GIB,
     )
