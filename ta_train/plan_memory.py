@@ -38,6 +38,9 @@ ADAM_8BIT_STATE_BYTES = 2 + 2 * 4 / 256
 # DeepSpeedCPUAdam steps in CPU RAM. On CPU torch steps tensor by tensor (2 fp32 temporaries of the
 # largest tensor, measured 8 B per its parameter): not counted, a few hundred MiB at most.
 FOREACH_STEP_BYTES = 4
+# DeepSpeed's default zero_optimization.sub_group_size (ta_train.zero leaves it): ZeRO-3 steps the
+# optimizer on sub-groups of at most this many elements of the rank's fp32 partition.
+ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000
 # ZeRO reduces gradients in buckets of this many elements (ta_train.zero writes it into the
 # DeepSpeed JSON as reduce_bucket_size; Lightning's default is the same 2e8).
 ZERO_BUCKET_ELEMENTS = 200_000_000
@@ -186,11 +189,18 @@ def gradient_bytes(arch: ArchConfig, s: Setup) -> float:
 
 
 def step_temporary_bytes(arch: ArchConfig, s: Setup) -> float:
-    """Transient bytes of optimizer.step() on the device, before sharding (see FOREACH_STEP_BYTES)."""
+    """Transient bytes of optimizer.step() per device (see FOREACH_STEP_BYTES).
+
+    From ZeRO-1 on (and FSDP) each rank steps its shard; ZeRO-3 steps it in sub-groups of at most
+    DeepSpeed's sub_group_size elements.
+    """
     offloaded = s.strategy == "deepspeed" and s.offload_optimizer
     if s.optimizer != "adamw" or s.fused_optimizer or s.cpu or offloaded:
         return 0.0
-    return float(FOREACH_STEP_BYTES * trainable_params(arch, s))
+    elements = trainable_params(arch, s) / (max(s.devices, 1) if s.shard_stage >= 1 else 1)
+    if s.strategy == "deepspeed" and s.zero_stage == 3:
+        elements = min(elements, ZERO3_SUB_GROUP_ELEMENTS)
+    return float(FOREACH_STEP_BYTES * elements)
 
 
 @dataclass(frozen=True)
@@ -257,9 +267,9 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
         buffers += gradient_bytes(arch, s)
     activations = activation_bytes(arch, s)
     # optimizer.step() runs once backward has freed the activations, the logits buffers, the layer
-    # gathers and autocast's half weights; each rank steps its optimizer shard at stage >= 1
-    step = step_temporary_bytes(arch, s) / (d if stage >= 1 else 1)
-    buffers += max(0.0, step - (autocast_copy + activations + logits_bytes(arch, s) + gathered))
+    # gathers and autocast's half weights
+    freed = autocast_copy + activations + logits_bytes(arch, s) + gathered
+    buffers += max(0.0, step_temporary_bytes(arch, s) - freed)
     return Estimate(
         weights=(w + autocast_copy) / GIB,
         optimizer=opt / GIB,
