@@ -34,10 +34,12 @@ ADAM_8BIT_STATE_BYTES = 2 + 2 * 4 / 256
 # Machine A): torch's AdamW on CUDA tensors defaults to its foreach path, which allocates the fp32
 # sqrt(v) of a whole parameter group at once (measured 4.000 B per parameter of the largest group;
 # counted here over all trainable parameters: the decayed group holds nearly all of them). Fused
-# AdamW (optim.fused) measured 0; bitsandbytes' 8-bit kernels update each tensor in place, and
-# DeepSpeedCPUAdam steps in CPU RAM. On CPU torch steps tensor by tensor (2 fp32 temporaries of the
-# largest tensor, measured 8 B per its parameter): not counted, a few hundred MiB at most.
+# AdamW (optim.fused) measured 0; bitsandbytes' CUDA kernels update each tensor in place (its CPU
+# backend, not planned, measured 20 B per parameter of the largest tensor); DeepSpeedCPUAdam steps
+# in CPU RAM. On CPU tensors torch's default steps tensor by tensor: two fp32 temporaries of the
+# largest tensor (CPU_STEP_BYTES per its parameter).
 FOREACH_STEP_BYTES = 4
+CPU_STEP_BYTES = 8
 # DeepSpeed's default zero_optimization.sub_group_size (ta_train.zero leaves it): ZeRO-3 steps the
 # optimizer on sub-groups of at most this many elements of the rank's fp32 partition.
 ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000
@@ -195,8 +197,11 @@ def step_temporary_bytes(arch: ArchConfig, s: Setup) -> float:
     DeepSpeed's sub_group_size elements.
     """
     offloaded = s.strategy == "deepspeed" and s.offload_optimizer
-    if s.optimizer != "adamw" or s.fused_optimizer or s.cpu or offloaded:
+    if s.optimizer != "adamw" or s.fused_optimizer or offloaded:
         return 0.0
+    if s.cpu:  # the largest tensor of a full fine-tune: the embedding or an MLP weight (LoRA's are tiny)
+        largest = max(arch.vocab_size, arch.intermediate_size) * arch.hidden_size if s.method == "none" else 0
+        return float(CPU_STEP_BYTES * largest)
     elements = trainable_params(arch, s) / (max(s.devices, 1) if s.shard_stage >= 1 else 1)
     if s.strategy == "deepspeed" and s.zero_stage == 3:
         elements = min(elements, ZERO3_SUB_GROUP_ELEMENTS)

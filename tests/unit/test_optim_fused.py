@@ -130,6 +130,9 @@ def test_planner_counts_foreach_step_temporaries_only_where_they_outpeak_backwar
     assert step_temporary_bytes(QWEN, replace(s, fused_optimizer=True)) == 0
     assert step_temporary_bytes(QWEN, replace(s, optimizer="adamw8bit")) == 0
     assert step_temporary_bytes(QWEN, replace(s, strategy="deepspeed", zero_stage=2, offload_optimizer=True)) == 0
+    # CPU tensors: torch steps tensor by tensor, 8 B per parameter of the largest (Qwen's 152k x 3584 embedding)
+    assert step_temporary_bytes(QWEN, replace(s, cpu=True)) == 8 * QWEN.vocab_size * QWEN.hidden_size
+    assert step_temporary_bytes(QWEN, replace(LORA_BF16, cpu=True)) == 0
     foreach, fused = estimate(QWEN, s), estimate(QWEN, replace(s, fused_optimizer=True))
     # fp32, checkpointed, 256 tokens: the step's 28.4 GiB sqrt(v) beats the backward's activations + logits
     assert foreach.peak - fused.peak == pytest.approx(
