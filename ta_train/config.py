@@ -244,7 +244,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.name, ("adamw", "adamw8bit", "paged_adamw8bit"))
         if self.fused and self.name != "adamw":
-            raise ValueError(f"optim.fused=true needs optim.name=adamw, got {self.name}: bitsandbytes' 8-bit AdamW is already one fused kernel per tensor")
+            raise ValueError(f"optim.fused=true needs optim.name=adamw, got {self.name}: "
+                             "bitsandbytes' 8-bit AdamW is already one fused kernel per tensor")
 
 
 @dataclass
