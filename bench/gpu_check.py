@@ -57,6 +57,8 @@ CASES: dict[str, list[str]] = {
     "qlora_bf16": ["peft=qlora", "precision=bf16-mixed", "batch.micro_size=8"],
     "lora_fa2": ["peft=lora", "precision=bf16-mixed", "batch.micro_size=8", "model.attn_implementation=flash_attention_2"],
     "full_zero2": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "strategy=deepspeed_zero2"],
+    # torch's fused AdamW (one kernel over the fp32 states, no sqrt(v) temporary), clipped by the module
+    "full_bf16_fused_adamw": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "optim.fused=true"],
     # chunked lm_head + cross-entropy (ta_train.fused_ce): no 16,384 x 49,152 logits; the freed
     # memory allows micro-batch 16
     "full_bf16_fused_ce": ["peft=none", "precision=bf16-mixed", "batch.micro_size=8", "perf.fused_ce=true"],
@@ -72,7 +74,13 @@ CASES: dict[str, list[str]] = {
         "peft=none", "precision=bf16-mixed", "batch.micro_size=16", "perf.fused_ce=true", "perf.compile=true",
     ],
 }
-OPT_IN = {"full_bf16_compile", "lora_bf16_compile", "full_bf16_fused_ce_mb16_compile"}  # not run unless named in --cases
+# everything measured to help at once: cuDNN attention, fused AdamW, the chunked loss and the
+# micro-batch its memory allows (+ compiled layers in the _compile case)
+FAST = ["peft=none", "precision=bf16-mixed", "batch.micro_size=16", "perf.fused_ce=true",
+        f"perf.sdpa_backends={CUDNN_FIRST}", "optim.fused=true"]
+CASES["full_bf16_fast"] = FAST
+CASES["full_bf16_fast_compile"] = [*FAST, "perf.compile=true"]
+OPT_IN = {"full_bf16_compile", "lora_bf16_compile", "full_bf16_fused_ce_mb16_compile", "full_bf16_fast_compile"}  # not run unless named in --cases
 
 
 def warmup_steps(name: str) -> int:

@@ -4,8 +4,8 @@
 # 1. the CUDA tests that have not run on a GPU yet (tests/gpu: cuDNN attention first, ZeRO-3 LoRA
 #    through Lightning, fused cross-entropy in bf16, host syncs of the training step), then the rest;
 # 2. the throughput cases that decide issue 6's MFU goal (bench/gpu_check.py): the bf16 full
-#    fine-tune baseline, cuDNN attention first, the chunked loss at micro-batch 16, compiled decoder layers, and all of
-#    them together; LoRA for the memory plan.
+#    fine-tune baseline, cuDNN attention first, fused AdamW, all the fast paths together (and
+#    compiled); LoRA for the memory plan.
 # Each phase has its own time limit (PHASE1_S, PHASE2_S seconds), so one hung case cannot eat the
 # session. Results: OUT_DIR/pytest.txt, OUT_DIR/gpu_check.json and the table on stdout.
 set -uo pipefail
@@ -14,7 +14,7 @@ OUT=${1:-${OUT:-/tmp/ta-gpu-session}}
 PY=${PYTHON:-python3}
 PHASE1_S=${PHASE1_S:-200}
 PHASE2_S=${PHASE2_S:-420}
-CASES=${CASES:-kernels,full_bf16,full_bf16_cudnn,full_bf16_fused_ce_mb16,full_bf16_compile,full_bf16_fused_ce_mb16_compile,lora_bf16}
+CASES=${CASES:-kernels,full_bf16,full_bf16_cudnn,full_bf16_fast,full_bf16_fused_adamw,full_bf16_fast_compile,lora_bf16}
 mkdir -p "$OUT"
 start=$(date +%s)
 

@@ -13,6 +13,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ta_train.config_rules import compile_refusal, fused_optimizer_refusal, sdpa_backends_refusal  # noqa: F401 (re-exported)
+
 
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
     """Typed-object check for string choices (runs when the config is converted, before any load)."""
@@ -244,9 +246,15 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_ratio: float = 0.03  # of the total optimizer steps (seed: 3%)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    # torch's fused AdamW: one kernel over the states, no fp32 sqrt(v) temporary; the module clips
+    # (configure_gradient_clipping). adamw only, not under DeepSpeed (fused_optimizer_refusal)
+    fused: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.name, ("adamw", "adamw8bit", "paged_adamw8bit"))
+        if self.fused and self.name != "adamw":
+            raise ValueError(f"optim.fused=true needs optim.name=adamw, got {self.name}: "
+                             "bitsandbytes' 8-bit AdamW is already one fused kernel per tensor")
 
 
 @dataclass
@@ -328,23 +336,6 @@ SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_refusal(perf: PerfConfig, strategy: StrategyConfig) -> Optional[str]:
-    """Why perf.compile cannot run with this strategy, or None when it can.
-
-    ZeRO-3 and FSDP gather each layer's sharded parameters in module hooks around its forward and
-    free them after; inside a compiled layer dynamo would trace those hooks (DeepSpeed's partition
-    bookkeeping, FSDP's flat-parameter views) as part of the graph, which is unsupported through
-    Lightning's strategies. ZeRO-1/2, DDP and a single device keep whole parameters: allowed.
-    """
-    if not perf.compile:
-        return None
-    if strategy.name == "fsdp":
-        return "perf.compile=true is not supported with strategy=fsdp (its parameter hooks break the compiled layers); use ddp or deepspeed ZeRO-1/2"
-    if strategy.name == "deepspeed" and strategy.zero_stage == 3:
-        return "perf.compile=true is not supported with DeepSpeed ZeRO-3 (its parameter gathering hooks break the compiled layers); use ZeRO-1/2"
-    return None
-
-
 @dataclass
 class EarlyStoppingConfig:
     """Stop when val/loss has not improved for `patience` validations while train loss still falls."""
@@ -393,16 +384,13 @@ class TrainConfig:
     cache_dir: str = "~/.cache/ta"  # converted offline models live here
 
     def __post_init__(self) -> None:
-        refusal = compile_refusal(self.perf, self.strategy) if isinstance(self.strategy, StrategyConfig) else None
+        refusal = None
+        if isinstance(self.strategy, StrategyConfig):
+            refusal = compile_refusal(self.perf, self.strategy) or fused_optimizer_refusal(self.optim, self.strategy)
+        if refusal is None and isinstance(self.model, ModelConfig):
+            refusal = sdpa_backends_refusal(self.perf, self.model)
         if refusal:
             raise ValueError(refusal)
-        if isinstance(self.model, ModelConfig) and isinstance(self.perf, PerfConfig) and self.perf.sdpa_backends:
-            attn = AttnImplementation(self.model.attn_implementation)
-            if attn not in (AttnImplementation.sdpa, AttnImplementation.auto):
-                raise ValueError(
-                    f"perf.sdpa_backends orders PyTorch's SDPA kernels; model.attn_implementation={attn.value} "
-                    "does not use them (set model.attn_implementation=sdpa, or perf.sdpa_backends=null)"
-                )
 
 
 def register_configs() -> None:

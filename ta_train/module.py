@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ from ta_train.model import build_model
 from ta_train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
+# configure_gradient_clipping below leaves DeepSpeed's clipping to its engine, so Lightning's
+# warning that an overridden hook "will not actually clip gradients" there does not apply
+warnings.filterwarnings("ignore", message="Since DeepSpeed handles gradient clipping internally")
 
 
 @dataclass
@@ -246,6 +250,45 @@ class CausalLMModule(L.LightningModule):
         norm = self.grad_norm_host()
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Under 16-mixed with an optimizer that unscales inside its step (optim.fused), unscale right
+        after the closure's backward: Lightning's AMP plugin skips its own unscale_ for such an
+        optimizer, and the hooks after the closure (grad_norm, the guards, clipping) need true
+        gradients. GradScaler.step then sees the optimizer unscaled: it hands the fused step the
+        inf flag and no scale, so an overflowing step is still skipped (torch/amp/grad_scaler.py)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer under LightningOptimizer
+        if scaler is not None and optimizer_closure is not None and getattr(inner, "_step_supports_amp_scaling", False):
+            closure = optimizer_closure
+
+            def optimizer_closure() -> Any:
+                result = closure()
+                if result is not None:  # None: backward was skipped, nothing to unscale (as Lightning's plugin)
+                    scaler.unscale_(inner)
+                return result
+
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        """Clip to trainer.gradient_clip_val by the global L2 norm grad_norm() already computed.
+
+        The same scaling as torch.nn.utils.clip_grad_norm_ (min(1, clip / (norm + 1e-6)), foreach),
+        without its second pass over the gradients for the norm; under FSDP the norm is the global
+        one over the shards. Lightning's own clipping refuses an optimizer that unscales inside its
+        step (fused AdamW) under mixed precision. DeepSpeed clips in its engine (gradient_clipping
+        of deepspeed.json) and value clipping is Lightning's: both are left to Lightning.
+        """
+        if self.trainer.strategy.handles_gradient_accumulation or gradient_clip_algorithm == "value":
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if not gradient_clip_val:
+            return
+        norm = self.grad_norm()
+        if norm is not None:
+            params = [p for p in self.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Under DeepSpeed log the engine's global norm (ZeRO shards the gradients, so a local norm

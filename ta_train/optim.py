@@ -80,19 +80,26 @@ def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: i
     """`optim.name` over the trainable parameters and a LambdaLR stepping once per optimizer step.
 
     offload: the strategy offloads optimizer states to CPU (DeepSpeed ZeRO-Offload).
+    optim.fused: torch's single-kernel AdamW step (torch.optim.AdamW(fused=True)) instead of the
+    default multi-tensor one, which makes several passes over the fp32 states and allocates an
+    fp32 sqrt(v) as large as the biggest parameter group (ta_train.plan_memory.STEP_TEMP_BYTES).
     """
     import torch
 
     cls = adamw_class(cfg.name, offload)
     kwargs = {"adamw_mode": True} if cls.__name__ == "DeepSpeedCPUAdam" else {}
+    if cfg.fused:
+        if cls is not torch.optim.AdamW:
+            raise ValueError(f"optim.fused=true needs torch's AdamW, not {cls.__name__} (optim.name={cfg.name}, offload={offload})")
+        # Lightning's precision plugins refuse to clip for an optimizer that unscales inside its
+        # step; CausalLMModule.configure_gradient_clipping clips instead (and unscales fp16 first).
+        kwargs["fused"] = True
     optimizer = cls(
         param_groups(model.named_parameters(), cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
         **kwargs,
-        # Not fused=True: Lightning's mixed-precision plugins refuse gradient clipping with an
-        # optimizer that unscales internally (seen on an H200); the default foreach path is used.
     )
     warmup = warmup_steps(total_steps, cfg.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -107,6 +107,7 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         fused_ce=cfg.perf.fused_ce,
         ce_chunk_rows=cfg.perf.ce_chunk_rows,
         plain_lm_head=cfg.model.plain_lm_head,
+        fused_optimizer=cfg.optim.fused,
     )
 
 
@@ -131,12 +132,17 @@ def _checkpointing(s: Setup) -> Optional[tuple[Setup, str]]:
     return replace(s, gradient_checkpointing=True), "gradient_checkpointing off -> on"
 
 
+def _to_deepspeed(s: Setup, new: Setup, why: str) -> tuple[Setup, str]:
+    """A step onto DeepSpeed: its engine steps its own optimizer, so optim.fused goes off (apply_plan)."""
+    note = "; optim.fused true -> false (DeepSpeed steps its own optimizer)" if s.fused_optimizer else ""
+    return replace(new, fused_optimizer=False), f"strategy {_strategy_name(s)} -> {_strategy_name(new)} ({why}){note}"
+
+
 def _zero2(s: Setup) -> Optional[tuple[Setup, str]]:
     if s.devices < 2 or s.shard_stage >= 2:
         return None
-    new = replace(s, strategy="deepspeed", zero_stage=2)
     why = f"optimizer states and gradients sharded over {s.devices} devices"
-    return new, f"strategy {_strategy_name(s)} -> {_strategy_name(new)} ({why})"
+    return _to_deepspeed(s, replace(s, strategy="deepspeed", zero_stage=2), why)
 
 
 def _offload_optimizer(s: Setup) -> Optional[tuple[Setup, str]]:
@@ -144,14 +150,14 @@ def _offload_optimizer(s: Setup) -> Optional[tuple[Setup, str]]:
         return None
     stage = s.zero_stage if s.strategy == "deepspeed" else max(2, min(s.shard_stage, 3))
     new = replace(s, strategy="deepspeed", zero_stage=max(stage, 2), offload_optimizer=True)
-    return new, f"strategy {_strategy_name(s)} -> {_strategy_name(new)} (AdamW states in CPU RAM)"
+    return _to_deepspeed(s, new, "AdamW states in CPU RAM")
 
 
 def _offload_parameters(s: Setup) -> Optional[tuple[Setup, str]]:
     if s.method != "none" or s.offload_parameters:
         return None
     new = replace(s, strategy="deepspeed", zero_stage=3, offload_optimizer=True, offload_parameters=True)
-    return new, f"strategy {_strategy_name(s)} -> {_strategy_name(new)} (weights in CPU RAM too; slow)"
+    return _to_deepspeed(s, new, "weights in CPU RAM too; slow")
 
 
 def make_plan(
@@ -299,6 +305,7 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         gradient_checkpointing=plan.gradient_checkpointing,
         strategy=strategy,
         peft=peft,
+        optim=replace(cfg.optim, fused=cfg.optim.fused and strategy.name != "deepspeed"),  # see _to_deepspeed
     )
 
 

@@ -30,6 +30,19 @@ ADAM_STATE_BYTES = 8
 # bitsandbytes 8-bit AdamW: m and v in 1 byte each plus one fp32 absmax per 256-value block of each
 # (block-wise quantization, Dettmers et al. 2022): 2 + 2 * 4 / 256 bytes per parameter.
 ADAM_8BIT_STATE_BYTES = 2 + 2 * 4 / 256
+# Extra bytes inside optimizer.step() per trainable parameter (bench/optim_step_memory.py, bench/RESULTS.md
+# Machine A): torch's AdamW on CUDA tensors defaults to its foreach path, which allocates the fp32
+# sqrt(v) of a whole parameter group at once (measured 4.000 B per parameter of the largest group;
+# counted here over all trainable parameters: the decayed group holds nearly all of them). Fused
+# AdamW (optim.fused) measured 0; bitsandbytes' CUDA kernels update each tensor in place (its CPU
+# backend, not planned, measured 20 B per parameter of the largest tensor); DeepSpeedCPUAdam steps
+# in CPU RAM. On CPU tensors torch's default steps tensor by tensor: two fp32 temporaries of the
+# largest tensor (CPU_STEP_BYTES per its parameter).
+FOREACH_STEP_BYTES = 4
+CPU_STEP_BYTES = 8
+# DeepSpeed's default zero_optimization.sub_group_size (ta_train.zero leaves it): ZeRO-3 steps the
+# optimizer on sub-groups of at most this many elements of the rank's fp32 partition.
+ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000
 # ZeRO reduces gradients in buckets of this many elements (ta_train.zero writes it into the
 # DeepSpeed JSON as reduce_bucket_size; Lightning's default is the same 2e8).
 ZERO_BUCKET_ELEMENTS = 200_000_000
@@ -75,6 +88,7 @@ class Setup:
     fused_ce: bool = False  # perf.fused_ce: chunked lm_head + cross-entropy (ta_train.fused_ce)
     ce_chunk_rows: int = 4096  # perf.ce_chunk_rows
     plain_lm_head: bool = True  # model.plain_lm_head: the fused loss can replace the head
+    fused_optimizer: bool = False  # optim.fused: torch's fused AdamW (no step temporaries)
 
     @property
     def half(self) -> bool:
@@ -176,9 +190,31 @@ def gradient_bytes(arch: ArchConfig, s: Setup) -> float:
     return float((2 if s.deepspeed_half else 4) * trainable_params(arch, s))
 
 
+def step_temporary_bytes(arch: ArchConfig, s: Setup) -> float:
+    """Transient bytes of optimizer.step() per device (see FOREACH_STEP_BYTES).
+
+    From ZeRO-1 on (and FSDP) each rank steps its shard; ZeRO-3 steps it in sub-groups of at most
+    DeepSpeed's sub_group_size elements.
+    """
+    offloaded = s.strategy == "deepspeed" and s.offload_optimizer
+    if s.optimizer != "adamw" or s.fused_optimizer or offloaded:
+        return 0.0
+    if s.cpu:  # the largest tensor of a full fine-tune: the embedding or an MLP weight (LoRA's are tiny)
+        largest = max(arch.vocab_size, arch.intermediate_size) * arch.hidden_size if s.method == "none" else 0
+        return float(CPU_STEP_BYTES * largest)
+    elements = trainable_params(arch, s) / (max(s.devices, 1) if s.shard_stage >= 1 else 1)
+    if s.strategy == "deepspeed" and s.zero_stage == 3:
+        elements = min(elements, ZERO3_SUB_GROUP_ELEMENTS)
+    return float(FOREACH_STEP_BYTES * elements)
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """Per-device GiB by kind, plus CPU RAM used by offload (all devices of the node together)."""
+    """Per-device GiB by kind, plus CPU RAM used by offload (all devices of the node together).
+
+    `buffers` also holds the optimizer step's temporaries where the step's peak exceeds the
+    backward peak (see `estimate`), so `peak` is the larger of the two.
+    """
 
     weights: float
     optimizer: float
@@ -227,16 +263,23 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
         opt = 0.0
         grad = min(grad, OFFLOAD_GRAD_BUCKET_BYTES)
     buffers = logits_bytes(arch, s) + RUNTIME_OVERHEAD_GIB * GIB
+    gathered = 0.0
     if stage >= 3:  # all-gather of the current and the prefetched layer, in compute dtype
         layer_params = linear_params(arch) / arch.n_layers
-        buffers += 2 * layer_params * (2 if s.half else 4)
+        gathered = 2 * layer_params * (2 if s.half else 4)
+    buffers += gathered
     if s.strategy == "ddp" and d > 1:
         buffers += gradient_bytes(arch, s)
+    activations = activation_bytes(arch, s)
+    # optimizer.step() runs once backward has freed the activations, the logits buffers, the layer
+    # gathers and autocast's half weights
+    freed = autocast_copy + activations + logits_bytes(arch, s) + gathered
+    buffers += max(0.0, step_temporary_bytes(arch, s) - freed)
     return Estimate(
         weights=(w + autocast_copy) / GIB,
         optimizer=opt / GIB,
         gradients=grad / GIB,
-        activations=activation_bytes(arch, s) / GIB,
+        activations=activations / GIB,
         buffers=buffers / GIB,
         cpu_offload=cpu / GIB,
     )
