@@ -13,7 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ta_train.config_rules import compile_refusal, fused_optimizer_refusal, sdpa_backends_refusal  # noqa: F401 (re-exported)
+from ta_train.config_rules import compile_refusal, sdpa_backends_refusal  # noqa: F401 (re-exported)
 
 
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
@@ -247,14 +247,13 @@ class OptimConfig:
     warmup_ratio: float = 0.03  # of the total optimizer steps (seed: 3%)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     # torch's fused AdamW: one kernel over the states, no fp32 sqrt(v) temporary; the module clips
-    # (configure_gradient_clipping). adamw only, not under DeepSpeed (fused_optimizer_refusal)
+    # (configure_gradient_clipping). Applies where torch's AdamW steps: not with the 8-bit optimizers
+    # (one bitsandbytes kernel per tensor already) nor under DeepSpeed (its engine steps its own);
+    # there it is off, with a log line, so a hw profile can turn it on for every strategy.
     fused: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.name, ("adamw", "adamw8bit", "paged_adamw8bit"))
-        if self.fused and self.name != "adamw":
-            raise ValueError(f"optim.fused=true needs optim.name=adamw, got {self.name}: "
-                             "bitsandbytes' 8-bit AdamW is already one fused kernel per tensor")
 
 
 @dataclass
@@ -386,7 +385,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         refusal = None
         if isinstance(self.strategy, StrategyConfig):
-            refusal = compile_refusal(self.perf, self.strategy) or fused_optimizer_refusal(self.optim, self.strategy)
+            refusal = compile_refusal(self.perf, self.strategy)
         if refusal is None and isinstance(self.model, ModelConfig):
             refusal = sdpa_backends_refusal(self.perf, self.model)
         if refusal:

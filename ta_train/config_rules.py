@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from ta_train.config import ModelConfig, OptimConfig, PerfConfig, StrategyConfig
+    from ta_train.config import ModelConfig, PerfConfig, StrategyConfig
 
 
 def compile_refusal(perf: "PerfConfig", strategy: "StrategyConfig") -> Optional[str]:
@@ -25,14 +25,6 @@ def compile_refusal(perf: "PerfConfig", strategy: "StrategyConfig") -> Optional[
         return "perf.compile=true is not supported with strategy=fsdp (its parameter hooks break the compiled layers); use ddp or deepspeed ZeRO-1/2"
     if strategy.name == "deepspeed" and strategy.zero_stage == 3:
         return "perf.compile=true is not supported with DeepSpeed ZeRO-3 (its parameter gathering hooks break the compiled layers); use ZeRO-1/2"
-    return None
-
-
-def fused_optimizer_refusal(optim: "OptimConfig", strategy: "StrategyConfig") -> Optional[str]:
-    """Why optim.fused cannot run with this strategy, or None (DeepSpeed steps its own optimizer)."""
-    if optim.fused and strategy.name == "deepspeed":
-        return ("optim.fused=true is not supported with strategy=deepspeed: the DeepSpeed engine steps, unscales and clips "
-                "its own flattened fp32 partitions (DeepSpeedCPUAdam under offload); use strategy auto, ddp or fsdp")
     return None
 
 

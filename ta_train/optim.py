@@ -1,8 +1,11 @@
 """AdamW (torch, DeepSpeed CPU or bitsandbytes 8-bit) with no-decay groups and a warmup + cosine schedule."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Iterable
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -88,12 +91,12 @@ def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: i
 
     cls = adamw_class(cfg.name, offload)
     kwargs = {"adamw_mode": True} if cls.__name__ == "DeepSpeedCPUAdam" else {}
-    if cfg.fused:
-        if cls is not torch.optim.AdamW:
-            raise ValueError(f"optim.fused=true needs torch's AdamW, not {cls.__name__} (optim.name={cfg.name}, offload={offload})")
+    if cfg.fused and cls is torch.optim.AdamW:
         # Lightning's precision plugins refuse to clip for an optimizer that unscales inside its
         # step; CausalLMModule.configure_gradient_clipping clips instead (and unscales fp16 first).
         kwargs["fused"] = True
+    elif cfg.fused:
+        log.info("optim.fused does not apply to %s (optim.name=%s): its own step runs", cls.__name__, cfg.name)
     optimizer = cls(
         param_groups(model.named_parameters(), cfg.weight_decay),
         lr=cfg.lr,

@@ -20,11 +20,14 @@ torch says whether a GPU is there (the training path has imported it already).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from ta_train.config import AttnImplementation, BatchConfig, PeftMethod, TrainConfig
 from ta_train.plan_memory import HALF_PRECISIONS, Estimate, Setup, estimate, trainable_params
+
+log = logging.getLogger(__name__)
 
 MIN_LORA_RANK = 8
 
@@ -107,7 +110,7 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         fused_ce=cfg.perf.fused_ce,
         ce_chunk_rows=cfg.perf.ce_chunk_rows,
         plain_lm_head=cfg.model.plain_lm_head,
-        fused_optimizer=cfg.optim.fused,
+        fused_optimizer=cfg.optim.fused and cfg.optim.name == "adamw" and st.name != "deepspeed",  # see OptimConfig.fused
     )
 
 
@@ -296,6 +299,8 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         offload_optimizer=bool(st.get("offload_optimizer")),
         offload_parameters=bool(st.get("offload_parameters")),
     )
+    if cfg.optim.fused and strategy.name == "deepspeed":
+        log.info("optim.fused off: the DeepSpeed engine steps its own optimizer")
     peft = replace(cfg.peft, method=PeftMethod(plan.peft["method"]), r=plan.peft.get("r", cfg.peft.r))
     if peft.method == PeftMethod.qlora and cfg.peft.method != PeftMethod.qlora:
         peft = replace(peft, double_quant=True)
