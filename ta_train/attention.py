@@ -25,6 +25,7 @@ for sdpa (ta_train.plan_activations). With a padding or packing mask transformer
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -70,14 +71,21 @@ def _repeat_heads(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 def make_attention(names: Sequence[str], repeat_kv: bool) -> Callable[..., Any]:
     """transformers' sdpa attention under the `names` priority order (the AttentionInterface signature)."""
     from torch.nn.attention import sdpa_kernel
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa
 
     backends = sdp_backends(names)
+    # whether transformers passes k, v with enable_gqa (else it repeats them itself); its arguments
+    # are (mask, key) in older transformers releases
+    with_value = len(inspect.signature(use_gqa_in_sdpa).parameters) > 2
 
     def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
         n_rep = query.shape[1] // key.shape[1]
-        if repeat_kv and attention_mask is None and n_rep > 1 and query.shape[2] > 1:
+        # only where transformers would pass enable_gqa: elsewhere (e.g. head dim > 256) it repeats k, v
+        # itself, and repeating them here too would give n_rep * n_rep copies
+        if repeat_kv and attention_mask is None and n_rep > 1 and query.shape[2] > 1 and (
+            use_gqa_in_sdpa(None, key, value) if with_value else use_gqa_in_sdpa(None, key)
+        ):
             key, value = _repeat_heads(key, n_rep), _repeat_heads(value, n_rep)
         with sdpa_kernel(backends, set_priority=True):
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

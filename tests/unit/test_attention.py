@@ -146,3 +146,17 @@ def test_a_saved_model_does_not_name_the_routed_implementation(make_cfg, tmp_pat
     batch = _batch(True)
     torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_repeated_kv_with_a_head_dim_transformers_repeats_itself_is_not_repeated_twice():
+    # transformers passes enable_gqa only for head dims up to 256; above that it repeats k, v itself
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=576, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    want = model(input_ids=ids).logits
+    attention.install(model, ["math"], repeat_kv=True)
+    torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5)
