@@ -3,10 +3,11 @@
 `torch.nn.functional.scaled_dot_product_attention` runs the first kernel of its priority order whose
 constraints the call meets. Measured on an H200 (bench/RESULTS.md, forward + backward of 8 x 32 heads
 x 2,048 x 64, causal, bf16): cuDNN 1.77 ms, memory-efficient 5.30 ms, PyTorch's FlashAttention-2 10.55
-ms, math 39.1 ms. PyTorch's default order tries FlashAttention first (recent releases move cuDNN
-first only on sm90/sm100 with cuDNN newer than 9.15), so on that card the choice is worth a 16-layer
-model's step several tens of milliseconds. `perf.sdpa_backends=[cudnn,flash,efficient,math]` sets the
-order; the kernels left out of the list are not used at all.
+ms, math 39.1 ms. PyTorch's default order tries FlashAttention first; recent releases put cuDNN first
+on sm90/sm100 when the cuDNN runtime is 9.15.1 or newer. Where it is not first, the choice is worth
+a 16-layer model's step over 100 ms. `perf.sdpa_backends=[cudnn,flash,efficient,math]` sets the order;
+the kernels left out of the list are not used at all. cuDNN is refused with an older runtime
+(`cudnn_refusal`).
 
 How it is applied: the model's attention implementation becomes `ta_sdpa_<names>` (registered with
 transformers' AttentionInterface, with sdpa's own mask function), which calls transformers' sdpa
@@ -57,9 +58,27 @@ def backend_name(index: int) -> str:
     return "error" if index == int(SDPBackend.ERROR) else f"backend {index}"
 
 
+# key parts: never "flash", which transformers reads as "a FlashAttention implementation is in use"
+# (utils.generic.is_flash_attention_requested) and then builds no attention mask in some paths
+_KEY = {"cudnn": "cudnn", "flash": "fa2", "efficient": "mem", "math": "math"}
+# cuDNN attention below this runtime version can access memory out of bounds for query lengths not
+# divisible by 128 (pytorch/pytorch#169849); PyTorch only prefers cuDNN from 9.15.1 on
+MIN_CUDNN = 91501
+
+
 def implementation_name(names: Sequence[str], repeat_kv: bool) -> str:
     """Registry key of the implementation for one backend list (letters, digits and '_' only)."""
-    return "_".join([PREFIX, *names]) + ("_rkv" if repeat_kv else "")
+    return "_".join([PREFIX, *(_KEY[n] for n in names)]) + ("_rkv" if repeat_kv else "")
+
+
+def cudnn_refusal(names: Sequence[str], cudnn_version: int | None) -> str | None:
+    """Why `names` may not list cudnn with this cuDNN runtime (None: it may). Padded SFT batches have
+    arbitrary lengths, the case the old runtimes get wrong."""
+    if "cudnn" not in names or cudnn_version is None or cudnn_version >= MIN_CUDNN:
+        return None
+    return (f"perf.sdpa_backends lists cudnn, but this cuDNN runtime is {cudnn_version} (< {MIN_CUDNN}): its attention "
+            "can read out of bounds for lengths not divisible by 128 (pytorch/pytorch#169849), which is why PyTorch "
+            "does not prefer it there; drop cudnn from the list or install a newer cuDNN")
 
 
 def _repeat_heads(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -132,6 +151,7 @@ class Choice:
     masked: str
     repeat_kv: bool
     gqa: bool = False  # fewer key/value heads than query heads
+    decode: str = ""  # one query token against the cache (generation after training)
 
     @property
     def unmasked(self) -> str:
@@ -161,22 +181,29 @@ def probe(names: Sequence[str] | None, *, n_heads: int, n_kv_heads: int, head_di
     full = torch.zeros(shape, dtype=dtype, device=device, requires_grad=True)
     mask = torch.ones((1, 1, seq_len, seq_len), dtype=torch.bool, device=device).tril()
 
-    def choice(k: torch.Tensor, m: torch.Tensor | None) -> str:
+    one = torch.zeros((1, n_heads, 1, head_dim), dtype=dtype, device=device)
+
+    def choice(query: torch.Tensor, k: torch.Tensor, m: torch.Tensor | None) -> str:
+        causal = m is None and query.shape[2] > 1
         try:  # no viable kernel: CUDA returns SDPBackend.ERROR, the CPU dispatcher raises
-            return backend_name(torch._fused_sdp_choice(q, k, k, m, 0.0, m is None, scale=None, enable_gqa=True))
+            return backend_name(torch._fused_sdp_choice(query, k, k, m, 0.0, causal, scale=None, enable_gqa=True))
         except RuntimeError:
             return "error"
 
+    def choices() -> tuple[str, ...]:
+        return choice(q, kv, None), choice(q, full, None), choice(q, full, mask), choice(one, kv, None)
+
     gqa = n_kv_heads < n_heads
     if names is None:
-        native, repeated, masked = choice(kv, None), choice(full, None), choice(full, mask)
-        return Choice(native=native, repeated=repeated, masked=masked, repeat_kv=False, gqa=gqa)
+        native, repeated, masked, decode = choices()
+        return Choice(native=native, repeated=repeated, masked=masked, repeat_kv=False, gqa=gqa, decode=decode)
     with sdpa_kernel(sdp_backends(names), set_priority=True):
-        native, repeated, masked = choice(kv, None), choice(full, None), choice(full, mask)
+        native, repeated, masked, decode = choices()
     repeat_kv = prefers_repeat(names, native=native, repeated=repeated, gqa=gqa)
-    choice = Choice(native=native, repeated=repeated, masked=masked, repeat_kv=repeat_kv, gqa=gqa)
-    if "error" in (choice.unmasked, choice.masked):
-        rows = "unmasked" if choice.unmasked == "error" else "padded or packed (masked)"
+    choice = Choice(native=native, repeated=repeated, masked=masked, repeat_kv=repeat_kv, gqa=gqa, decode=decode)
+    if "error" in (choice.unmasked, choice.masked, choice.decode):
+        rows = ("unmasked" if choice.unmasked == "error" else
+                "padded or packed (masked)" if choice.masked == "error" else "one-token (generation)")
         raise ValueError(
             f"perf.sdpa_backends={list(names)}: no listed kernel runs {rows} rows on {device} in {dtype} "
             f"({n_heads} heads, head dim {head_dim}, {seq_len} tokens); add a fallback such as math at the end"
@@ -210,6 +237,10 @@ def probe_model(model: Any, names: Sequence[str] | None, *, precision: str, seq_
 
 def settle(model: Any, names: Sequence[str], *, precision: str, seq_len: int, device: Any) -> Choice:
     """Probe on the training device and install the implementation that runs the earliest kernel."""
+    if torch.device(device).type == "cuda":
+        refusal = cudnn_refusal(names, torch.backends.cudnn.version())
+        if refusal:
+            raise ValueError(refusal)
     choice = probe_model(model, names, precision=precision, seq_len=seq_len, device=device)
     install(model, names, choice.repeat_kv)
     log.info("attention: %s", choice.describe(names))

@@ -102,7 +102,7 @@ class CausalLMModule(L.LightningModule):
         if self.cfg.perf.sdpa_backends and str(self.model.config._attn_implementation).startswith(attention.PREFIX):
             self.attention_choice = attention.settle(
                 self.model, self.cfg.perf.sdpa_backends, precision=self.cfg.precision.name,
-                seq_len=self.cfg.data.max_seq_len, device=self.device,
+                seq_len=self.cfg.data.max_seq_len, device=self.trainer.strategy.root_device,
             )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -189,7 +189,9 @@ class CausalLMModule(L.LightningModule):
         step_sums = self._step_sums if self._step_sums is not None else torch.zeros(2, dtype=torch.float64, device=self.device)
         counts = torch.tensor(self._step_counts, dtype=torch.float64)
         acc = self.train_token_acc  # its correct / total states, summed over ranks here (as compute() would)
-        local = torch.cat([step_sums, counts.to(self.device, non_blocking=True), acc.correct.reshape(1), acc.total.reshape(1)])
+        device = step_sums.device  # where the loss ran (under ZeRO-3 `self.device` may not say)
+        local = torch.cat([step_sums, counts.to(device, non_blocking=True),
+                           acc.correct.to(device).reshape(1), acc.total.to(device).reshape(1)])
         sums = self.trainer.strategy.reduce(local.double(), reduce_op="sum")
         finite = torch.stack([f for f, _ in self._window_finite]).double() if self._window_finite else sums[:0]
         host = torch.cat([sums, finite.to(sums.device)]).cpu()

@@ -29,15 +29,29 @@ def test_an_attention_that_does_not_use_sdpa_is_refused_at_composition(make_cfg)
     make_cfg("model.attn_implementation=sdpa", "perf.sdpa_backends=[cudnn,flash,efficient,math]")
 
 
-def test_implementation_keys_are_plain_identifiers():
-    assert attention.implementation_name(["cudnn", "flash", "math"], False) == "ta_sdpa_cudnn_flash_math"
+def test_implementation_keys_are_plain_identifiers_that_do_not_say_flash():
+    from transformers.utils.generic import is_flash_attention_requested
+
+    key = attention.implementation_name(["cudnn", "flash", "efficient", "math"], False)
+    assert key == "ta_sdpa_cudnn_fa2_mem_math"
     assert attention.implementation_name(["math"], True) == "ta_sdpa_math_rkv"
+    # transformers treats any name with "flash" as FlashAttention and skips building masks for it
+    assert not is_flash_attention_requested(requested_attention_implementation=key)
+
+
+def test_cudnn_is_refused_with_a_runtime_that_mishandles_unaligned_lengths():
+    assert attention.cudnn_refusal(["cudnn", "math"], 91500).startswith("perf.sdpa_backends lists cudnn, but this cuDNN runtime is 91500")
+    assert attention.cudnn_refusal(["flash", "cudnn", "math"], 90100)  # listed anywhere: masked rows would reach it
+    assert attention.cudnn_refusal(["cudnn", "math"], 91501) is None
+    assert attention.cudnn_refusal(["flash", "math"], 90100) is None
+    assert attention.cudnn_refusal(["cudnn"], None) is None  # no cuDNN: the probe then finds nothing to run
 
 
 def test_the_probe_reports_what_the_cpu_dispatcher_runs():
     # On CPU PyTorch has a FlashAttention kernel and math; the enabled set decides between them.
     only_math = attention.probe(["math"], **TINY)
     assert (only_math.native, only_math.repeated, only_math.masked, only_math.repeat_kv) == ("math", "math", "math", False)
+    assert only_math.decode == "math"  # one query token against the cache, as generation calls it
     flash = attention.probe(["cudnn", "flash", "efficient", "math"], **TINY)
     assert (flash.native, flash.masked, flash.repeat_kv) == ("flash", "flash", False)
     assert flash.gqa and "unmasked rows run flash; masked rows run flash" in flash.describe(["cudnn", "flash"])
