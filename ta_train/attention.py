@@ -160,7 +160,8 @@ class Choice:
     def describe(self, names: Sequence[str] | None) -> str:
         order = " > ".join(names) if names else "in PyTorch's order"
         how = f" (k, v repeated to all heads; enable_gqa would run {self.native})" if self.repeat_kv else ""
-        return f"sdpa kernels {order}: unmasked rows run {self.unmasked}{how}; masked rows run {self.masked}"
+        decode = f"; one-token generation runs {self.decode}" if self.decode else ""
+        return f"sdpa kernels {order}: unmasked rows run {self.unmasked}{how}; masked rows run {self.masked}{decode}"
 
 
 def probe(names: Sequence[str] | None, *, n_heads: int, n_kv_heads: int, head_dim: int, seq_len: int,
