@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.step_profile import PROFILE_STEPS, make_profiler  # noqa: E402
 WORK = Path(os.environ.get("GPU_CHECK_DIR", "/tmp/ta-gpu-check"))
 
 SHAPES = {
@@ -100,8 +101,9 @@ def micro_size(name: str) -> int:
 
 
 def data_rows() -> int:
-    """Training rows for (warmup + timed) steps of the largest micro-batch, plus 1% validation and slack."""
-    return int(max((warmup_steps(n) + TIMED) * micro_size(n) for n in CASES) * 1.02) + 16
+    """Training rows for (warmup + timed + profiled) steps of the largest micro-batch, plus 1%
+    validation and slack."""
+    return int(max((warmup_steps(n) + TIMED + PROFILE_STEPS) * micro_size(n) for n in CASES) * 1.02) + 16
 
 
 def write_data(path: Path, rows: int, words: int, seed: int = 0) -> None:
@@ -118,7 +120,7 @@ def write_data(path: Path, rows: int, words: int, seed: int = 0) -> None:
 def case_overrides(name: str, shape_name: str, device: str, data: Path) -> list[str]:
     shape = SHAPES[shape_name]
     arch = [f"model.arch.{k}={v}" for k, v in shape.items()]
-    steps = warmup_steps(name) + TIMED
+    steps = warmup_steps(name) + TIMED + (PROFILE_STEPS if device == "cuda" else 0)
     micro = micro_size(name)
     hw = ["+hw=h200"] if device == "cuda" else ["+hw=cpu", "hw.peak_tflops=0"]
     return [
@@ -184,13 +186,19 @@ def make_timer(warmup: int):
                 self._sync()
                 self.t0 = time.perf_counter()
                 return
+            if self.t1:  # the timed window is over; profiled steps follow (bench/step_profile.py)
+                return
             # host values of the batch (ta_train.data): reading them waits for no device
             self.tokens += batch["token_counts"][0]  # tokens, padding excluded
             self.trained += batch["trained_index"].numel()  # trained positions (its shape, known on the host)
+            if trainer.global_step >= warmup + TIMED:
+                self._sync()
+                self.t1 = time.perf_counter()
 
         def on_train_end(self, trainer, pl_module) -> None:
-            self._sync()
-            self.t1 = time.perf_counter()
+            if not self.t1:
+                self._sync()
+                self.t1 = time.perf_counter()
 
     return StepTimer()
 
@@ -212,7 +220,8 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     warmup = warmup_steps(name)
     timer = make_timer(warmup)
-    trainer, module, _ = fit(cfg, extra_callbacks=[timer])
+    profiler = make_profiler(warmup + TIMED)  # CUDA only: the steps after the timed ones
+    trainer, module, _ = fit(cfg, extra_callbacks=[timer, profiler])
     seconds = timer.t1 - timer.t0
     tok_s = timer.tokens / seconds
     adapter = None
@@ -220,7 +229,7 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         adapter = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     flops = train_flops_per_token(cfg.model.arch, cfg.data.max_seq_len, adapter)
     out = {
-        "case": name, "ok": True, "steps_timed": trainer.global_step - warmup, "seconds": round(seconds, 3),
+        "case": name, "ok": True, "steps_timed": min(trainer.global_step - warmup, TIMED), "seconds": round(seconds, 3),
         "warmup_step_s": [round(x, 2) for x in timer.warmup_s],
         "tokens_per_s": round(tok_s), "trained_share": round(timer.trained / max(timer.tokens, 1), 3),
         "tflops": round(tok_s * flops / 1e12, 1), "mfu": mfu(tok_s, flops, cfg.hw.peak_tflops),
@@ -230,6 +239,8 @@ def run_case(name: str, shape_name: str, device: str) -> dict:
         "fused_ce": module._fused is not None,  # perf.fused_ce really ran (no fallback)
     }
     out.update(sdpa_kernels(cfg, module, device))
+    if profiler.summary is not None:  # where the device time of a step went, and its idle time
+        out["profile"] = profiler.summary
     out.update(logged_perf(Path(cfg.run_dir) / "metrics.csv", warmup))
     if cfg.perf.compile:  # graphs dynamo captured; more than one per direction means recompiles
         import torch._dynamo.utils
@@ -413,8 +424,8 @@ def main() -> int:
     import importlib.util
 
     WORK.mkdir(parents=True, exist_ok=True)
-    # (warmup + timed) x the largest micro-batch (16: 208 rows) + the 1% held out for validation:
-    # the epoch never ends inside the timed window
+    # (warmup + timed + profiled) x the largest micro-batch + the 1% held out for validation: the
+    # epoch never ends inside the timed or profiled steps
     write_data(WORK / "data" / f"{args.shape}.jsonl", rows=data_rows(), words=1800 if args.shape == "1b" else 120)
     results = []
     for name in args.cases.split(","):
@@ -441,6 +452,13 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print()
     print(table(results))
+    profiled = [r for r in results if r.get("profile", {}).get("kernels")]
+    if profiled:  # per step, ms: span, device busy / idle, and kernel time by kind (bench/step_profile.py)
+        print()
+        for r in profiled:
+            p = r["profile"]
+            kinds = ", ".join(f"{k} {v}" for k, v in p["kinds_ms"].items())
+            print(f"{r['case']}: step {p['span_ms']} ms, busy {p['busy_ms']}, idle {p['idle_ms']}; {kinds}")
     kern = next((r for r in results if r["case"] == "kernels"), None)
     if kern:
         print()

@@ -1,0 +1,49 @@
+"""bench/step_profile.py: kernel kinds from real CUDA kernel names, and the busy/idle arithmetic of
+a profiled step against a naive per-microsecond count."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench.step_profile import kernel_kind, summarize, union_length
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1", "gemm"),
+    ("nvjet_hsh_256x128_64x4_2x1_v_bz_coopB_TNN", "gemm"),
+    ("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_32x6_tn_align8>", "gemm"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64_4x1x1", "attention"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>", "attention"),
+    ("fmha_cutlassB_bf16_aligned_64x64_k64_sm80", "attention"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, LogSoftMaxForwardEpilogue>", "loss"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::NormTwoOps>>", "reduction"),
+    ("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0", "compiled"),
+    ("triton_poi_fused_mul_silu_1", "compiled"),
+    ("Memcpy HtoD (Pinned -> Device)", "copy"),
+    ("some_new_kernel_name", "other"),
+])
+def test_kernel_names_fall_in_their_kind(name, kind):
+    assert kernel_kind(name) == kind
+
+
+def test_union_length_counts_overlaps_once_against_a_naive_count():
+    rng = random.Random(0)
+    for _ in range(50):
+        intervals = [(s, s + rng.randint(1, 30)) for s in (rng.randint(0, 200) for _ in range(rng.randint(0, 12)))]
+        covered = {t for s, e in intervals for t in range(s, e)}  # unit cells [t, t + 1)
+        assert union_length(intervals) == len(covered)
+
+
+def test_a_profiled_step_splits_into_kinds_busy_and_idle():
+    kernels = [  # two steps of 1 ms each, in microseconds; the device idles 200 us in each
+        ("sm90_xmma_gemm_a", 0, 500), ("flash_fwd", 500, 700), ("multi_tensor_apply_kernel", 900, 1000),
+        ("sm90_xmma_gemm_a", 1000, 1500), ("flash_fwd", 1500, 1700), ("multi_tensor_apply_kernel", 1900, 2000),
+    ]
+    out = summarize(kernels, steps=2)
+    assert (out["span_ms"], out["busy_ms"], out["idle_ms"]) == (1.0, 0.8, 0.2)
+    assert out["kinds_ms"] == {"gemm": 0.5, "attention": 0.2, "optimizer": 0.1}
+    assert out["top"][0] == {"name": "sm90_xmma_gemm_a", "kind": "gemm", "ms": 0.5}
+    assert summarize([], steps=2) == {"steps": 2, "kernels": 0}
