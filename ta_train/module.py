@@ -314,11 +314,15 @@ class CausalLMModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """val/loss is the plain (unsmoothed) token-mean cross-entropy over the whole val set."""
-        sums = self.trainer.strategy.reduce(self._val_sums.clone().to(self.device), reduce_op="sum").cpu()
+        acc = self.val_token_acc  # its correct / total states ride the same reduce (as in _log_step)
+        device = self.trainer.strategy.root_device  # where the collective runs
+        local = torch.cat([self._val_sums.to(device), acc.correct.to(device).reshape(1).double(),
+                           acc.total.to(device).reshape(1).double()])
+        sums = self.trainer.strategy.reduce(local, reduce_op="sum").cpu()
         if sums[1] > 0:
-            token_acc = self.val_token_acc.compute()  # sums the counts over ranks, then divides
+            token_acc = sums[2] / max(float(sums[3]), 1.0)
             self.log_dict({"val/loss": sums[0] / sums[1], "val/token_acc": token_acc}, prog_bar=True, sync_dist=False)
-        self.val_token_acc.reset()
+        acc.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)

@@ -126,3 +126,23 @@ def test_wandb_offline_run_has_grouped_metrics_config_plan_and_adapter(make_cfg,
     assert all(axes[f"{g}/*"] == "trainer/global_step" for g in ("train", "val", "perf", "data"))
     assert artifacts["plan"] == {"plan.json", "data_stats.json"}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= artifacts["model"]
+
+
+def test_val_token_accuracy_equals_a_naive_count_over_the_val_set(make_cfg):
+    import torch
+
+    from ta_train.losses import IGNORE_INDEX
+
+    cfg = make_cfg(*SMALL, "trainer.limit_val_batches=null", "peft=none", "optim.lr=1e-3")
+    trainer, module, _ = fit(cfg)  # validates once, after the last step: with the final weights
+    logged = columns(Path(cfg.run_dir))["val/token_acc"]
+    correct = total = 0
+    module.eval()
+    with torch.no_grad():
+        for batch in trainer.datamodule.val_dataloader():
+            logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            keep = labels != IGNORE_INDEX
+            correct += int((logits[:, :-1].argmax(-1) == labels)[keep].sum())
+            total += int(keep.sum())
+    assert total > 0 and logged == [pytest.approx(correct / total, abs=1e-6)]
