@@ -292,6 +292,18 @@ class CausalLMModule(L.LightningModule):
             params = [p for p in self.parameters() if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
+    def on_train_start(self) -> None:
+        """Keep the AdamW step this run built (optim.fused) after a resume: torch's load_state_dict
+        takes every param-group setting from the checkpoint, "fused" included, so a checkpoint of the
+        other setting switched it silently, and a fused-built AdamW stepping unfused under the fp16
+        GradScaler fails (it still says it unscales inside its step: "Expected grad_scale and found_inf
+        to be None")."""
+        for optimizer in self.trainer.optimizers:
+            if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+                built = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+                for group in optimizer.param_groups:
+                    group["fused"] = True if built else None  # None: as AdamW() builds it
+
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Under DeepSpeed log the engine's global norm (ZeRO shards the gradients, so a local norm
         is wrong), read after the engine stepped on the window's last micro-batch."""
