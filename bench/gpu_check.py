@@ -268,16 +268,18 @@ def sdpa_kernels(cfg, module, device: str) -> dict:
 
 
 def logged_perf(csv_path: Path, warmup: int = WARMUP) -> dict:
-    """The run's own live perf/* metrics (ta_train.throughput), median over the timed steps."""
+    """The run's own live perf/* metrics (ta_train.throughput), median over the timed steps: those
+    of steps warmup .. warmup + TIMED - 1 (the csv's step column counts from 0), not the profiled
+    ones after them (slowed by the profiler) nor rows logged outside a step (step 0's data/*)."""
     import csv
     import statistics
 
     if not csv_path.exists():
         return {}
-    rows = list(csv.DictReader(csv_path.open()))
+    rows = [r for r in csv.DictReader(csv_path.open()) if r.get("step") and warmup <= int(r["step"]) < warmup + TIMED]
     out = {}
     for key in ("perf/mfu", "perf/tokens_per_s", "perf/max_memory_gb"):
-        values = [float(r[key]) for r in rows[warmup:] if r.get(key) not in (None, "")]
+        values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
         if values:
             out["logged_" + key.split("/")[1]] = round(statistics.median(values), 4)
     return out

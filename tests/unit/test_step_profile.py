@@ -47,3 +47,22 @@ def test_a_profiled_step_splits_into_kinds_busy_and_idle():
     assert out["kinds_ms"] == {"gemm": 0.5, "attention": 0.2, "optimizer": 0.1}
     assert out["top"][0] == {"name": "sm90_xmma_gemm_a", "kind": "gemm", "ms": 0.5}
     assert summarize([], steps=2) == {"steps": 2, "kernels": 0}
+
+
+def test_logged_perf_takes_the_timed_steps_only(tmp_path):
+    """bench/gpu_check.py: the median of perf/* excludes warm-up, the profiled steps after the timed
+    ones (the profiler slows them) and a data/* row logged at step 0."""
+    import csv
+
+    from bench.gpu_check import TIMED, logged_perf
+
+    warmup = 3
+    path = tmp_path / "metrics.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "data/rows", "perf/tokens_per_s"])
+        writer.writeheader()
+        writer.writerow({"step": 0, "data/rows": 10})
+        for step in range(warmup + TIMED + 2):
+            timed = warmup <= step < warmup + TIMED
+            writer.writerow({"step": step, "perf/tokens_per_s": 100 + step if timed else 1})
+    assert logged_perf(path, warmup) == {"logged_tokens_per_s": 100 + warmup + (TIMED - 1) / 2}
