@@ -122,7 +122,9 @@ def case_overrides(name: str, shape_name: str, device: str, data: Path) -> list[
     arch = [f"model.arch.{k}={v}" for k, v in shape.items()]
     steps = warmup_steps(name) + TIMED + (PROFILE_STEPS if device == "cuda" else 0)
     micro = micro_size(name)
-    hw = ["+hw=h200"] if device == "cuda" else ["+hw=cpu", "hw.peak_tflops=0"]
+    # the h200 profile turns optim.fused on: off here, so full_bf16 stays the foreach-AdamW baseline
+    # that full_bf16_fused_adamw is compared with (the cases that want it set it again)
+    hw = ["+hw=h200", "optim.fused=false"] if device == "cuda" else ["+hw=cpu", "hw.peak_tflops=0"]
     return [
         "model=tiny", *hw, *arch, f"model.arch.n_params={n_params(shape)}", "model.init_std=0.02",
         "model.attn_implementation=sdpa", "model.arch.tie_embeddings=true", "model.arch.max_positions=4096",
@@ -268,16 +270,18 @@ def sdpa_kernels(cfg, module, device: str) -> dict:
 
 
 def logged_perf(csv_path: Path, warmup: int = WARMUP) -> dict:
-    """The run's own live perf/* metrics (ta_train.throughput), median over the timed steps."""
+    """The run's own live perf/* metrics (ta_train.throughput), median over the timed steps: those
+    of steps warmup .. warmup + TIMED - 1 (the csv's step column counts from 0), not the profiled
+    ones after them (slowed by the profiler) nor rows logged outside a step (step 0's data/*)."""
     import csv
     import statistics
 
     if not csv_path.exists():
         return {}
-    rows = list(csv.DictReader(csv_path.open()))
+    rows = [r for r in csv.DictReader(csv_path.open()) if r.get("step") and warmup <= int(r["step"]) < warmup + TIMED]
     out = {}
     for key in ("perf/mfu", "perf/tokens_per_s", "perf/max_memory_gb"):
-        values = [float(r[key]) for r in rows[warmup:] if r.get(key) not in (None, "")]
+        values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
         if values:
             out["logged_" + key.split("/")[1]] = round(statistics.median(values), 4)
     return out

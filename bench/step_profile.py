@@ -110,16 +110,16 @@ def make_profiler(start_step: int, steps: int = PROFILE_STEPS):
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if self.prof is not None and trainer.global_step >= start_step + steps:
-                self._finish()
+                self._finish(trainer.global_step - start_step)
 
         def on_train_end(self, trainer, pl_module) -> None:
-            if self.prof is not None:
-                self._finish()
+            if self.prof is not None:  # ended early (max_steps, max_epochs): the steps that did run
+                self._finish(trainer.global_step - start_step)
 
-        def _finish(self) -> None:
+        def _finish(self, done: int) -> None:
             torch.cuda.synchronize()
             self.prof.__exit__(None, None, None)
-            self.summary = summarize(cuda_kernels(self.prof), steps)
+            self.summary = summarize(cuda_kernels(self.prof), done)
             self.prof = None
 
     return StepProfiler()

@@ -39,13 +39,26 @@ class StepStats:
     nonfinite_ids: list[int] = field(default_factory=list)  # rows of micro-batches whose loss was NaN/inf
 
 
-def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any) -> torch.Tensor:
-    """The global L2 norm from each rank's norm of its gradient shard: sqrt(sum over ranks of norm^2).
+def combine_shard_norms(local_norm: torch.Tensor, reduce_sum: Any, replicas: int = 1) -> torch.Tensor:
+    """The global L2 norm from each rank's norm of its gradient shard: sqrt(sum over ranks of norm^2
+    / replicas), where each shard is held by `replicas` ranks (shard_replicas).
 
     Every rank gets the same value, so guards that stop on a non-finite norm stop on every rank
     together (a stop on one rank alone would leave the others waiting in the next collective).
     """
-    return reduce_sum(local_norm.float() ** 2).sqrt()
+    return (reduce_sum(local_norm.float() ** 2) / replicas).sqrt()
+
+
+def shard_replicas(sharding: str, world_size: int, num_nodes: int) -> int:
+    """How many ranks hold each FSDP gradient shard; 0 when every rank holds all gradients.
+
+    NO_SHARD all-reduces whole gradients (the local norm is the global one); the hybrid strategies
+    shard within a node and replicate across nodes (ta_train.strategy passes no custom groups), so
+    summing every rank's squared norm would count each shard num_nodes times.
+    """
+    if world_size <= 1 or sharding == "NO_SHARD":
+        return 0
+    return max(num_nodes, 1) if "HYBRID" in sharding else 1
 
 
 # Batch entries that describe the micro-batch rather than feed the model (ta_train.data): plain
@@ -226,9 +239,10 @@ class CausalLMModule(L.LightningModule):
             return self._grad_norm_cache[1]
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
-        if self._shards_gradients():  # FSDP: each rank holds a slice; every rank must join the reduce
+        replicas = self._shard_replicas()
+        if replicas:  # FSDP: each rank holds a slice; every rank must join the reduce
             local = norm if norm is not None else torch.zeros((), device=self.device)
-            norm = combine_shard_norms(local, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+            norm = combine_shard_norms(local, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), replicas)
         self._grad_norm_cache = (self._micro_batches, norm)
         return norm
 
@@ -241,10 +255,13 @@ class CausalLMModule(L.LightningModule):
             self._grad_norm_host = (self._micro_batches, None if norm is None else norm.detach().cpu())
         return self._grad_norm_host[1]
 
-    def _shards_gradients(self) -> bool:
+    def _shard_replicas(self) -> int:
+        """shard_replicas under FSDP (clipping scales by this norm too); 0 for other strategies."""
         from lightning.pytorch.strategies import FSDPStrategy
 
-        return isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1
+        if not isinstance(self.trainer.strategy, FSDPStrategy):
+            return 0
+        return shard_replicas(self.cfg.strategy.fsdp_sharding, self.trainer.world_size, self.trainer.num_nodes)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.trainer.strategy.handles_gradient_accumulation:  # DeepSpeed: see on_train_batch_end
@@ -291,6 +308,18 @@ class CausalLMModule(L.LightningModule):
         if norm is not None:
             params = [p for p in self.parameters() if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+
+    def on_train_start(self) -> None:
+        """Keep the AdamW step this run built (optim.fused) after a resume: torch's load_state_dict
+        takes every param-group setting from the checkpoint, "fused" included, so a checkpoint of the
+        other setting switched it silently, and a fused-built AdamW stepping unfused under the fp16
+        GradScaler fails (it still says it unscales inside its step: "Expected grad_scale and found_inf
+        to be None")."""
+        for optimizer in self.trainer.optimizers:
+            if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+                built = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+                for group in optimizer.param_groups:
+                    group["fused"] = True if built else None  # None: as AdamW() builds it
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Under DeepSpeed log the engine's global norm (ZeRO shards the gradients, so a local norm

@@ -104,3 +104,31 @@ def test_fp16_mixed_unscales_before_the_hooks_with_fused_adamw(make_cfg, tmp_pat
     for step in default:
         assert fused[step]["train/grad_norm"] == pytest.approx(default[step]["train/grad_norm"], rel=1e-3), step
         assert fused[step]["train/loss"] == pytest.approx(default[step]["train/loss"], rel=1e-4), step
+
+
+def test_resume_keeps_the_adamw_step_this_run_built(make_cfg, tmp_path, monkeypatch):
+    """torch's load_state_dict takes "fused" from the checkpoint's param groups: an unfused checkpoint
+    resumed with optim.fused=true made the fused-built AdamW step unfused, which under the fp16
+    GradScaler failed ("Expected grad_scale and found_inf to be None"); and the other way round a
+    run with optim.fused=false silently stepped fused. CausalLMModule.on_train_start keeps this run's."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    real_trainer = L.Trainer
+
+    def fp16_on_cpu(*args, precision=None, plugins=(), **kwargs):
+        if precision == "16-mixed":
+            plugins, precision = [*plugins, MixedPrecision("16-mixed", "cpu")], None
+        return real_trainer(*args, precision=precision, plugins=plugins, **kwargs)
+
+    monkeypatch.setattr(L, "Trainer", fp16_on_cpu)
+    common = ["peft=none", "trainer.limit_val_batches=0", "checkpoint.every_n_steps=1", "precision=16-mixed",
+              "data.max_seq_len=128", "trainer.gradient_clip_val=1.0"]
+    fit(make_cfg(*common, "trainer.max_steps=1", f"run_dir={tmp_path / 'plain'}"))
+    runs = [("plain", "fused", "true", 2, True), ("fused", "back", "false", 3, None)]
+    for source, name, fused, steps, expected in runs:
+        cfg = make_cfg(*common, f"optim.fused={fused}", f"trainer.max_steps={steps}", f"run_dir={tmp_path / name}",
+                       f"ckpt_path={tmp_path / source / 'checkpoints' / 'last.ckpt'}")
+        trainer, _, _ = fit(cfg)
+        assert trainer.global_step == steps
+        assert all(g["fused"] is expected for g in trainer.optimizers[0].param_groups), name
+        assert trainer.precision_plugin.scaler is not None

@@ -155,3 +155,21 @@ def test_shard_norms_combine_into_the_norm_of_all_gradients():
     total = sum(n.float() ** 2 for n in local)
     combined = combine_shard_norms(local[0], lambda t: total)
     assert torch.allclose(combined, torch.linalg.vector_norm(torch.cat(shards)))
+
+
+def test_replicated_shards_are_counted_once_in_the_global_norm():
+    """HYBRID_SHARD on 2 nodes x 2 devices: the 2 shards live on both nodes; NO_SHARD: whole gradients."""
+    import torch
+
+    from ta_train.module import combine_shard_norms, shard_replicas
+
+    shards = [torch.randn(7), torch.randn(5)]
+    ranks = shards + shards  # node 0 holds shards 0 and 1, node 1 the same two
+    total = sum(torch.linalg.vector_norm(s).float() ** 2 for s in ranks)
+    replicas = shard_replicas("HYBRID_SHARD", world_size=4, num_nodes=2)
+    assert replicas == 2 and shard_replicas("_HYBRID_SHARD_ZERO2", 4, 2) == 2
+    combined = combine_shard_norms(torch.linalg.vector_norm(ranks[0]), lambda t: total, replicas)
+    assert torch.allclose(combined, torch.linalg.vector_norm(torch.cat(shards)))
+    assert shard_replicas("FULL_SHARD", 4, 2) == shard_replicas("SHARD_GRAD_OP", 2, 1) == 1
+    assert shard_replicas("NO_SHARD", 4, 2) == 0  # every rank holds the all-reduced gradients: the local norm
+    assert shard_replicas("FULL_SHARD", 1, 1) == 0

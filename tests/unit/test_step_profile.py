@@ -47,3 +47,57 @@ def test_a_profiled_step_splits_into_kinds_busy_and_idle():
     assert out["kinds_ms"] == {"gemm": 0.5, "attention": 0.2, "optimizer": 0.1}
     assert out["top"][0] == {"name": "sm90_xmma_gemm_a", "kind": "gemm", "ms": 0.5}
     assert summarize([], steps=2) == {"steps": 2, "kernels": 0}
+
+
+def test_logged_perf_takes_the_timed_steps_only(tmp_path):
+    """bench/gpu_check.py: the median of perf/* excludes warm-up, the profiled steps after the timed
+    ones (the profiler slows them) and a data/* row logged at step 0."""
+    import csv
+
+    from bench.gpu_check import TIMED, logged_perf
+
+    warmup = 3
+    path = tmp_path / "metrics.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "data/rows", "perf/tokens_per_s"])
+        writer.writeheader()
+        writer.writerow({"step": 0, "data/rows": 10})
+        for step in range(warmup + TIMED + 2):
+            timed = warmup <= step < warmup + TIMED
+            writer.writerow({"step": step, "perf/tokens_per_s": 100 + step if timed else 1})
+    assert logged_perf(path, warmup) == {"logged_tokens_per_s": 100 + warmup + (TIMED - 1) / 2}
+
+
+def test_the_profiler_divides_by_the_steps_that_ran(monkeypatch):
+    """A run that ends (max_steps, epoch end) inside the profiled steps: per-step figures over the
+    steps profiled, not PROFILE_STEPS. CUDA is not here: its availability, synchronize and the CUDA
+    profiler are stubbed (the stub records no kernel)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.step_profile import PROFILE_STEPS, make_profiler
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    class NoKernels:
+        def __init__(self, **_) -> None: ...
+        def __enter__(self): return self
+        def __exit__(self, *_) -> None: ...
+        def events(self) -> list: return []
+
+    monkeypatch.setattr(torch.profiler, "profile", NoKernels)
+    seen: list[int] = []
+    monkeypatch.setattr("bench.step_profile.summarize", lambda kernels, steps: seen.append(steps) or {"steps": steps})
+    for ran in (PROFILE_STEPS, 1):
+        profiler, trainer = make_profiler(start_step=5), SimpleNamespace(global_step=4)
+        for _ in range(8):
+            profiler.on_train_batch_start(trainer, None, None, 0)
+            trainer.global_step += 1
+            profiler.on_train_batch_end(trainer, None, None, None, 0)
+            if trainer.global_step == 5 + ran:
+                break
+        profiler.on_train_end(trainer, None)
+        assert profiler.summary == {"steps": ran} and profiler.prof is None
+    assert seen == [PROFILE_STEPS, 1]
