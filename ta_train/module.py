@@ -357,7 +357,7 @@ class CausalLMModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         st = self.cfg.strategy
         offload = st.name == "deepspeed" and st.offload_optimizer
-        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total, offload=offload)
+        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total, offload=offload, deepspeed=st.name == "deepspeed")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -79,10 +79,12 @@ def adamw_class(name: str, offload: bool = False) -> type:
     raise ValueError(f"optim.name={name!r}: expected adamw, adamw8bit or paged_adamw8bit")
 
 
-def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: int, offload: bool = False) -> tuple:
+def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: int, offload: bool = False,
+                    deepspeed: bool = False) -> tuple:
     """`optim.name` over the trainable parameters and a LambdaLR stepping once per optimizer step.
 
     offload: the strategy offloads optimizer states to CPU (DeepSpeed ZeRO-Offload).
+    deepspeed: the DeepSpeed engine steps the optimizer on its own partitions (optim.fused off).
     optim.fused: torch's single-kernel AdamW step (torch.optim.AdamW(fused=True)) instead of the
     default multi-tensor one, which makes several passes over the fp32 states and allocates an
     fp32 sqrt(v) as large as the biggest parameter group (ta_train.plan_memory.STEP_TEMP_BYTES).
@@ -91,12 +93,13 @@ def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: i
 
     cls = adamw_class(cfg.name, offload)
     kwargs = {"adamw_mode": True} if cls.__name__ == "DeepSpeedCPUAdam" else {}
-    if cfg.fused and cls is torch.optim.AdamW:
+    if cfg.fused and cls is torch.optim.AdamW and not deepspeed:
         # Lightning's precision plugins refuse to clip for an optimizer that unscales inside its
         # step; CausalLMModule.configure_gradient_clipping clips instead (and unscales fp16 first).
         kwargs["fused"] = True
     elif cfg.fused:
-        log.info("optim.fused does not apply to %s (optim.name=%s): its own step runs", cls.__name__, cfg.name)
+        why = "the DeepSpeed engine steps it" if deepspeed else "its own step runs"
+        log.info("optim.fused does not apply to %s (optim.name=%s): %s", cls.__name__, cfg.name, why)
     optimizer = cls(
         param_groups(model.named_parameters(), cfg.weight_decay),
         lr=cfg.lr,

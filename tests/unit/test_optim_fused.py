@@ -44,6 +44,8 @@ def test_fused_is_a_preference_that_steps_aside_where_torch_adamw_does_not_step(
         optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, name="adamw8bit", fused=True), total_steps=1)
     assert type(optimizer).__name__ == "AdamW8bit"
     assert "optim.fused does not apply to AdamW8bit" in caplog.text
+    ds, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, fused=True), total_steps=1, deepspeed=True)
+    assert not ds.defaults["fused"]  # whoever calls fit() without apply_plan still gets the engine's path
     cfg = make_cfg("optim.fused=true", "strategy=deepspeed_zero2")
     with caplog.at_level(logging.INFO, logger="ta_train.plan"):
         applied = apply_plan(cfg, make_plan(cfg))
