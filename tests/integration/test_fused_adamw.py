@@ -76,20 +76,26 @@ def test_lightnings_own_clipping_refuses_fused_adamw_under_mixed_precision(make_
         run(make_cfg, tmp_path, "lightning", "precision=bf16-mixed", "optim.fused=true", "trainer.max_steps=1")
 
 
-def test_fp16_mixed_unscales_before_the_hooks_with_fused_adamw(make_cfg, tmp_path, monkeypatch):
-    """Lightning turns 16-mixed into bf16-mixed on CPU; its fp16 plugin with a real GradScaler is
-    passed instead, as on a GPU. Fused (the module unscales after the closure) and default (the
-    plugin unscales) must log the same unscaled norms and reach the same losses."""
+def fp16_on_cpu(monkeypatch) -> None:
+    """Lightning turns 16-mixed into bf16-mixed on CPU: give its Trainer the fp16 plugin with a real
+    GradScaler instead, as on a GPU."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     real_trainer = L.Trainer
 
-    def fp16_on_cpu(*args, precision=None, plugins=(), **kwargs):
+    def trainer(*args, precision=None, plugins=(), **kwargs):
         if precision == "16-mixed":
             plugins, precision = [*plugins, MixedPrecision("16-mixed", "cpu")], None
         return real_trainer(*args, precision=precision, plugins=plugins, **kwargs)
 
-    monkeypatch.setattr(L, "Trainer", fp16_on_cpu)
+    monkeypatch.setattr(L, "Trainer", trainer)
+
+
+def test_fp16_mixed_unscales_before_the_hooks_with_fused_adamw(make_cfg, tmp_path, monkeypatch):
+    """Lightning turns 16-mixed into bf16-mixed on CPU; its fp16 plugin with a real GradScaler is
+    passed instead, as on a GPU. Fused (the module unscales after the closure) and default (the
+    plugin unscales) must log the same unscaled norms and reach the same losses."""
+    fp16_on_cpu(monkeypatch)
     records = probe_clipping(monkeypatch)
     fp16 = ["precision=16-mixed", "data.max_seq_len=128"]  # fp16 autocast is slow on CPU
     default, t_default, _ = run(make_cfg, tmp_path, "default", *fp16)
@@ -111,16 +117,7 @@ def test_resume_keeps_the_adamw_step_this_run_built(make_cfg, tmp_path, monkeypa
     resumed with optim.fused=true made the fused-built AdamW step unfused, which under the fp16
     GradScaler failed ("Expected grad_scale and found_inf to be None"); and the other way round a
     run with optim.fused=false silently stepped fused. CausalLMModule.on_train_start keeps this run's."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
-    real_trainer = L.Trainer
-
-    def fp16_on_cpu(*args, precision=None, plugins=(), **kwargs):
-        if precision == "16-mixed":
-            plugins, precision = [*plugins, MixedPrecision("16-mixed", "cpu")], None
-        return real_trainer(*args, precision=precision, plugins=plugins, **kwargs)
-
-    monkeypatch.setattr(L, "Trainer", fp16_on_cpu)
+    fp16_on_cpu(monkeypatch)
     common = ["peft=none", "trainer.limit_val_batches=0", "checkpoint.every_n_steps=1", "precision=16-mixed",
               "data.max_seq_len=128", "trainer.gradient_clip_val=1.0"]
     fit(make_cfg(*common, "trainer.max_steps=1", f"run_dir={tmp_path / 'plain'}"))
