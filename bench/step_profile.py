@@ -66,7 +66,8 @@ def summarize(kernels: Sequence[tuple[str, float, float]], steps: int, top: int 
     by_kind: dict[str, float] = {}
     by_name: dict[str, float] = {}
     for name, start, end in kernels:
-        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + (end - start)
+        kind = kernel_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + (end - start)
         by_name[name] = by_name.get(name, 0.0) + (end - start)
     per_step = 1e-3 / steps  # us over all steps -> ms per step
     return {

@@ -184,7 +184,7 @@ def probe(names: Sequence[str] | None, *, n_heads: int, n_kv_heads: int, head_di
 
     one = torch.zeros((1, n_heads, 1, head_dim), dtype=dtype, device=device)
 
-    def choice(query: torch.Tensor, k: torch.Tensor, m: torch.Tensor | None) -> str:
+    def kernel(query: torch.Tensor, k: torch.Tensor, m: torch.Tensor | None) -> str:
         causal = m is None and query.shape[2] > 1
         try:  # no viable kernel: CUDA returns SDPBackend.ERROR, the CPU dispatcher raises
             return backend_name(torch._fused_sdp_choice(query, k, k, m, 0.0, causal, scale=None, enable_gqa=True))
@@ -192,7 +192,7 @@ def probe(names: Sequence[str] | None, *, n_heads: int, n_kv_heads: int, head_di
             return "error"
 
     def choices() -> tuple[str, ...]:
-        return choice(q, kv, None), choice(q, full, None), choice(q, full, mask), choice(one, kv, None)
+        return kernel(q, kv, None), kernel(q, full, None), kernel(q, full, mask), kernel(one, kv, None)
 
     gqa = n_kv_heads < n_heads
     if names is None:

@@ -238,7 +238,8 @@ class CausalLMModule(L.LightningModule):
         if self._grad_norm_cache[0] == self._micro_batches:
             return self._grad_norm_cache[1]
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+        # the norm clip_grad_norm_ computes (foreach: a few kernels, not one per parameter)
+        norm = torch.nn.utils.get_total_norm(grads, 2.0).float() if grads else None
         replicas = self._shard_replicas()
         if replicas:  # FSDP: each rank holds a slice; every rank must join the reduce
             local = norm if norm is not None else torch.zeros((), device=self.device)
