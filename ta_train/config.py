@@ -247,9 +247,10 @@ class OptimConfig:
     warmup_ratio: float = 0.03  # of the total optimizer steps (seed: 3%)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     # torch's fused AdamW: one kernel over the states, no fp32 sqrt(v) temporary; the module clips
-    # (configure_gradient_clipping). Applies where torch's AdamW steps: not with the 8-bit optimizers
-    # (one bitsandbytes kernel per tensor already) nor under DeepSpeed (its engine steps its own);
-    # there it is off, with a log line, so a hw profile can turn it on for every strategy.
+    # (configure_gradient_clipping). Applies where torch's AdamW steps, DeepSpeed ZeRO-1/2/3 included
+    # (the engine steps it on its partitions): not with the 8-bit optimizers (one bitsandbytes kernel
+    # per tensor already) nor under ZeRO-Offload (DeepSpeedCPUAdam); there it is off, with a log
+    # line, so a hw profile can turn it on for every strategy.
     fused: bool = False
 
     def __post_init__(self) -> None:

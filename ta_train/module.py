@@ -15,7 +15,7 @@ from ta_train.config import PeftMethod, TrainConfig
 from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
 from ta_train.metrics import TokenAccuracy, host_scalar
 from ta_train.model import build_model
-from ta_train.optim import build_optimizer
+from ta_train.optim import build_optimizer, keep_built_fused
 
 log = logging.getLogger(__name__)
 # configure_gradient_clipping below leaves DeepSpeed's clipping to its engine, so Lightning's
@@ -311,16 +311,7 @@ class CausalLMModule(L.LightningModule):
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def on_train_start(self) -> None:
-        """Keep the AdamW step this run built (optim.fused) after a resume: torch's load_state_dict
-        takes every param-group setting from the checkpoint, "fused" included, so a checkpoint of the
-        other setting switched it silently, and a fused-built AdamW stepping unfused under the fp16
-        GradScaler fails (it still says it unscales inside its step: "Expected grad_scale and found_inf
-        to be None")."""
-        for optimizer in self.trainer.optimizers:
-            if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-                built = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
-                for group in optimizer.param_groups:
-                    group["fused"] = True if built else None  # None: as AdamW() builds it
+        keep_built_fused(self.trainer.optimizers)  # a resume loads the checkpoint's param-group settings
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Under DeepSpeed log the engine's global norm (ZeRO shards the gradients, so a local norm
@@ -358,7 +349,7 @@ class CausalLMModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         st = self.cfg.strategy
         offload = st.name == "deepspeed" and st.offload_optimizer
-        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total, offload=offload, deepspeed=st.name == "deepspeed")
+        optimizer, scheduler = build_optimizer(self.model, self.cfg.optim, total, offload=offload)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

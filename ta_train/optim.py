@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +79,26 @@ def adamw_class(name: str, offload: bool = False) -> type:
     raise ValueError(f"optim.name={name!r}: expected adamw, adamw8bit or paged_adamw8bit")
 
 
-def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: int, offload: bool = False,
-                    deepspeed: bool = False) -> tuple:
+def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: int, offload: bool = False) -> tuple:
     """`optim.name` over the trainable parameters and a LambdaLR stepping once per optimizer step.
 
     offload: the strategy offloads optimizer states to CPU (DeepSpeed ZeRO-Offload).
-    deepspeed: the DeepSpeed engine steps the optimizer on its own partitions (optim.fused off).
     optim.fused: torch's single-kernel AdamW step (torch.optim.AdamW(fused=True)) instead of the
     default multi-tensor one, which makes several passes over the fp32 states and allocates an
     fp32 sqrt(v) as large as the biggest parameter group (ta_train.plan_memory.STEP_TEMP_BYTES).
+    Under DeepSpeed ZeRO-1/2/3 the engine steps this same optimizer on its fp32 partitions, after
+    its own unscaling and clipping, so fused applies there too; ZeRO-Offload steps DeepSpeedCPUAdam.
     """
     import torch
 
     cls = adamw_class(cfg.name, offload)
     kwargs = {"adamw_mode": True} if cls.__name__ == "DeepSpeedCPUAdam" else {}
-    if cfg.fused and cls is torch.optim.AdamW and not deepspeed:
+    if cfg.fused and cls is torch.optim.AdamW:
         # Lightning's precision plugins refuse to clip for an optimizer that unscales inside its
         # step; CausalLMModule.configure_gradient_clipping clips instead (and unscales fp16 first).
         kwargs["fused"] = True
     elif cfg.fused:
-        why = "the DeepSpeed engine steps it" if deepspeed else "its own step runs"
-        log.info("optim.fused does not apply to %s (optim.name=%s): %s", cls.__name__, cfg.name, why)
+        log.info("optim.fused does not apply to %s (optim.name=%s): its own step runs", cls.__name__, cfg.name)
     optimizer = cls(
         param_groups(model.named_parameters(), cfg.weight_decay),
         lr=cfg.lr,
@@ -112,3 +111,22 @@ def build_optimizer(model: "torch.nn.Module", cfg: "OptimConfig", total_steps: i
         optimizer, lambda step: warmup_cosine_factor(step, warmup, total_steps, cfg.min_lr_ratio)
     )
     return optimizer, scheduler
+
+
+def keep_built_fused(optimizers: Sequence[Any]) -> None:
+    """Keep the AdamW step each optimizer was built with (optim.fused) after a resume.
+
+    torch's load_state_dict takes every param-group setting from the checkpoint, "fused" included,
+    so a checkpoint of the other setting switched it silently; a fused-built AdamW stepping unfused
+    under the fp16 GradScaler then fails (it still says it unscales inside its step: "Expected
+    grad_scale and found_inf to be None"). DeepSpeed's ZeRO optimizers wrap torch's as `.optimizer`
+    and load its param groups the same way.
+    """
+    import torch
+
+    for optimizer in optimizers:
+        base = getattr(optimizer, "optimizer", optimizer)
+        if isinstance(base, torch.optim.Adam | torch.optim.AdamW):
+            built = bool(getattr(base, "_step_supports_amp_scaling", False))
+            for group in base.param_groups:
+                group["fused"] = True if built else None  # None: as AdamW() builds it

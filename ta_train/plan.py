@@ -110,7 +110,8 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         fused_ce=cfg.perf.fused_ce,
         ce_chunk_rows=cfg.perf.ce_chunk_rows,
         plain_lm_head=cfg.model.plain_lm_head,
-        fused_optimizer=cfg.optim.fused and cfg.optim.name == "adamw" and st.name != "deepspeed",  # see OptimConfig.fused
+        # see OptimConfig.fused: ZeRO-Offload steps DeepSpeedCPUAdam instead
+        fused_optimizer=cfg.optim.fused and cfg.optim.name == "adamw" and not (st.name == "deepspeed" and st.offload_optimizer),
     )
 
 
@@ -136,9 +137,12 @@ def _checkpointing(s: Setup) -> Optional[tuple[Setup, str]]:
 
 
 def _to_deepspeed(s: Setup, new: Setup, why: str) -> tuple[Setup, str]:
-    """A step onto DeepSpeed: its engine steps its own optimizer, so optim.fused goes off (apply_plan)."""
-    note = "; optim.fused true -> false (DeepSpeed steps its own optimizer)" if s.fused_optimizer else ""
-    return replace(new, fused_optimizer=False), f"strategy {_strategy_name(s)} -> {_strategy_name(new)} ({why}){note}"
+    """A step onto DeepSpeed. ZeRO-1/2/3 step the client torch AdamW on their fp32 partitions, fused
+    or not; ZeRO-Offload steps DeepSpeedCPUAdam instead, so optim.fused goes off there (apply_plan)."""
+    off = s.fused_optimizer and new.offload_optimizer
+    note = "; optim.fused true -> false (ZeRO-Offload steps DeepSpeedCPUAdam)" if off else ""
+    new = replace(new, fused_optimizer=s.fused_optimizer and not off)
+    return new, f"strategy {_strategy_name(s)} -> {_strategy_name(new)} ({why}){note}"
 
 
 def _zero2(s: Setup) -> Optional[tuple[Setup, str]]:
@@ -299,8 +303,9 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         offload_optimizer=bool(st.get("offload_optimizer")),
         offload_parameters=bool(st.get("offload_parameters")),
     )
-    if cfg.optim.fused and strategy.name == "deepspeed":
-        log.info("optim.fused off: the DeepSpeed engine steps its own optimizer")
+    fused = cfg.optim.fused and not strategy.offload_optimizer
+    if cfg.optim.fused and not fused:
+        log.info("optim.fused off: ZeRO-Offload steps DeepSpeedCPUAdam on the CPU")
     peft = replace(cfg.peft, method=PeftMethod(plan.peft["method"]), r=plan.peft.get("r", cfg.peft.r))
     if peft.method == PeftMethod.qlora and cfg.peft.method != PeftMethod.qlora:
         peft = replace(peft, double_quant=True)
@@ -310,7 +315,7 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         gradient_checkpointing=plan.gradient_checkpointing,
         strategy=strategy,
         peft=peft,
-        optim=replace(cfg.optim, fused=cfg.optim.fused and strategy.name != "deepspeed"),  # see _to_deepspeed
+        optim=replace(cfg.optim, fused=fused),  # see _to_deepspeed
     )
 
 

@@ -5,11 +5,13 @@
 Lightning refuses DeepSpeed on CPU, but raw `deepspeed.initialize` runs here with the gloo backend
 (DeepSpeedCPUAdam compiles itself on first use, cached under ~/.cache/torch_extensions). A single
 process (world size 1) initializes torch.distributed, so this runs apart from the pytest process.
-For ZeRO-2 + CPU offload and for ZeRO-3, with the tiny random Llama + LoRA and the run's own
-builders (config -> plan -> deepspeed_config, build_optimizer, the SFT loss), it does one optimizer
-step and prints one JSON object: loss, the engine's global grad norm and a naive total norm of the
-same gradients computed without DeepSpeed, which parameters changed, and for ZeRO-3 the shapes
-saved by the gather-then-save path next to those of a plain save.
+For each of SCENARIOS, with the tiny random Llama + LoRA and the run's own builders (config -> plan
+-> apply_plan -> deepspeed_config, build_optimizer, the SFT loss), it does one optimizer step and
+prints one JSON object: loss, the optimizer and its param groups' fused flags, the engine's global
+grad norm and a naive total norm of the same gradients computed without DeepSpeed, which parameters
+changed (their new values go to OUT_DIR/<scenario>.after.pt), the fused flags after zero2_fused
+resumes zero2's checkpoint (raw, then with keep_built_fused), and for ZeRO-3 the shapes saved by the
+gather-then-save path next to those of a plain save.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ from tests.conftest import FAST, compose
 SCENARIOS = {
     "zero2_offload": ["strategy=deepspeed_zero2", "strategy.offload_optimizer=true"],
     "zero3": ["strategy=deepspeed_zero3"],
+    # the client torch AdamW stepped by the engine on its fp32 partitions, multi-tensor and fused
+    "zero2": ["strategy=deepspeed_zero2"],
+    "zero2_fused": ["strategy=deepspeed_zero2", "optim.fused=true"],
+    "zero3_fused": ["strategy=deepspeed_zero3", "optim.fused=true"],
     # perf.compile under ZeRO-2 (aot_eager: the traced graph without C++ compilation)
     "zero2_offload_compile": ["strategy=deepspeed_zero2", "strategy.offload_optimizer=true", "perf.compile=true",
                               "perf.compile_backend=aot_eager"],
@@ -66,11 +72,12 @@ def run_scenario(name: str, out: Path) -> dict:
     import deepspeed
 
     from ta_train.model import build_model, load_tokenizer, save_hf
-    from ta_train.optim import build_optimizer
-    from ta_train.plan import make_plan
+    from ta_train.optim import build_optimizer, keep_built_fused
+    from ta_train.plan import apply_plan, make_plan
     from ta_train.zero import deepspeed_config, engine_grad_norm, gathered_state_dict, is_zero3_partitioned
 
     cfg = typed_cfg(out / name, SCENARIOS[name])
+    cfg = apply_plan(cfg, make_plan(cfg, strict=True))  # as fit() does: optim.fused as the strategy allows
     ds = deepspeed_config(make_plan(cfg, strict=True), cfg)
     model = build_model(cfg)
     b = batch(cfg.model.arch.vocab_size)
@@ -85,11 +92,20 @@ def run_scenario(name: str, out: Path) -> dict:
     result = {
         "loss": float(loss.detach()),
         "optimizer": type(optimizer).__name__,
+        "fused": [bool(g.get("fused")) for g in optimizer.param_groups],
         "engine_grad_norm": engine_grad_norm(SimpleNamespace(strategy=SimpleNamespace(model=engine))),
         "naive_grad_norm": naive,
     }
     after = gathered_state_dict(engine.module)
     result["changed"] = {n: not torch.equal(before[n], after[n]) for n in before}
+    torch.save({n: after[n] for n in before}, out / f"{name}.after.pt")
+    if name == "zero2":  # a checkpoint of the multi-tensor setting, resumed by zero2_fused below
+        engine.save_checkpoint(str(out / "zero2_ckpt"))
+    if name == "zero2_fused":
+        engine.load_checkpoint(str(out / "zero2_ckpt"))
+        result["fused_after_resume"] = [bool(g.get("fused")) for g in optimizer.param_groups]
+        keep_built_fused([engine.optimizer])  # what CausalLMModule.on_train_start does
+        result["fused_after_keep"] = [bool(g.get("fused")) for g in optimizer.param_groups]
     if name == "zero3":
         params = dict(engine.module.named_parameters())
         result["partitioned"] = sum(is_zero3_partitioned(p) for p in params.values())

@@ -1,6 +1,6 @@
-"""DeepSpeed on CPU: one real ZeRO-2 + CPU-offload step (eager, and with perf.compile's compiled
-layers) and one ZeRO-3 step with LoRA, and the ZeRO-3 adapter save (gathered, full shapes) against
-a plain save (Size([0]) placeholders).
+"""DeepSpeed on CPU, one real step each with LoRA: ZeRO-2 + CPU offload (eager, and with perf.compile's
+compiled layers); ZeRO-2 and ZeRO-3 with torch's AdamW, multi-tensor and fused (optim.fused); and the
+ZeRO-3 adapter save (gathered, full shapes) against a plain save (Size([0]) placeholders).
 
 Runs tests/integration/deepspeed_steps.py in its own process (it initializes torch.distributed
 with gloo). Slow: ~20 s of CPU plus deepspeed's import, and the first run on a machine compiles
@@ -35,7 +35,7 @@ def steps(tmp_path_factory):
     return json.loads(line[len("RESULT "):]), out
 
 
-@pytest.mark.parametrize("scenario", ["zero2_offload", "zero3", "zero2_offload_compile"])
+@pytest.mark.parametrize("scenario", ["zero2_offload", "zero3", "zero2_offload_compile", "zero2", "zero2_fused", "zero3_fused"])
 def test_one_real_step_matches_plain_autograd(steps, scenario):
     r = steps[0][scenario]
     assert 0 < r["loss"] < 100
@@ -47,6 +47,27 @@ def test_one_real_step_matches_plain_autograd(steps, scenario):
 
 def test_offload_uses_deepspeed_cpu_adam(steps):
     assert steps[0]["zero2_offload"]["optimizer"] == "DeepSpeedCPUAdam"
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_fused_adamw_under_zero_steps_the_partitions_as_multi_tensor_adamw(steps, stage):
+    # optim.fused stays on under ZeRO-1/2/3: the engine steps the client torch AdamW on its fp32
+    # partitions after its own clipping, so the single-kernel step must give the same update
+    import torch
+
+    r, out = steps
+    assert r[stage]["fused"] == [False] and r[f"{stage}_fused"]["fused"] == [True]
+    plain, fused = torch.load(out / f"{stage}.after.pt"), torch.load(out / f"{stage}_fused.after.pt")
+    assert plain.keys() == fused.keys() and len(plain) == 16
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-6, atol=1e-9)
+
+
+def test_resume_keeps_the_fused_step_deepspeed_was_built_with(steps):
+    # the engine's load_checkpoint hands torch's load_state_dict the checkpoint's param groups
+    r = steps[0]["zero2_fused"]
+    assert r["fused_after_resume"] == [False]  # the multi-tensor checkpoint switched it
+    assert r["fused_after_keep"] == [True]  # CausalLMModule.on_train_start switches it back
 
 
 def test_zero3_adapter_holds_full_gathered_tensors(steps):

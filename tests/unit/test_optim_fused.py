@@ -35,7 +35,7 @@ def test_fused_flag_builds_torch_fused_adamw():
 
 
 def test_fused_is_a_preference_that_steps_aside_where_torch_adamw_does_not_step(make_cfg, caplog):
-    # a hw profile may turn it on for every run: 8-bit optimizers and DeepSpeed then run their own step
+    # a hw profile may turn it on for every run: 8-bit optimizers and ZeRO-Offload then run their own step
     from ta_train.plan import apply_plan, make_plan
 
     assert make_cfg().optim.fused is False
@@ -44,12 +44,13 @@ def test_fused_is_a_preference_that_steps_aside_where_torch_adamw_does_not_step(
         optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, name="adamw8bit", fused=True), total_steps=1)
     assert type(optimizer).__name__ == "AdamW8bit"
     assert "optim.fused does not apply to AdamW8bit" in caplog.text
-    ds, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, fused=True), total_steps=1, deepspeed=True)
-    assert not ds.defaults["fused"]  # whoever calls fit() without apply_plan still gets the engine's path
+    # ZeRO-1/2/3 step the client torch AdamW on their partitions: fused stays on
     cfg = make_cfg("optim.fused=true", "strategy=deepspeed_zero2")
+    assert apply_plan(cfg, make_plan(cfg)).optim.fused is True
+    cfg = make_cfg("optim.fused=true", "strategy=deepspeed_zero2", "strategy.offload_optimizer=true")
     with caplog.at_level(logging.INFO, logger="ta_train.plan"):
         applied = apply_plan(cfg, make_plan(cfg))
-    assert applied.optim.fused is False and "optim.fused off: the DeepSpeed engine steps its own optimizer" in caplog.text
+    assert applied.optim.fused is False and "optim.fused off: ZeRO-Offload steps DeepSpeedCPUAdam on the CPU" in caplog.text
 
 
 def test_build_optimizer_steps_aside_under_offload():
@@ -153,11 +154,23 @@ def test_planner_counts_foreach_step_temporaries_only_where_they_outpeak_backwar
     assert estimate(QWEN, LORA_BF16) == estimate(QWEN, replace(LORA_BF16, fused_optimizer=True))
 
 
-def test_plan_moving_to_deepspeed_turns_fused_off():
+def test_plan_keeps_fused_on_zero_and_turns_it_off_with_offload():
     from ta_train.plan import apply_plan, make_plan
 
     cfg = cfg_for("model=qwen7b", "+hw=2xa6000", "peft=none", "strategy=ddp", "optim.fused=true")
     plan = make_plan(cfg)
-    assert plan.strategy["name"] == "deepspeed"
-    assert any("optim.fused true -> false (DeepSpeed steps its own optimizer)" in c for c in plan.changes), plan.changes
+    assert plan.strategy["name"] == "deepspeed" and plan.strategy["offload_optimizer"]
+    to_zero2, to_offload = plan.changes[-2:]
+    assert to_zero2.startswith("strategy ddp -> deepspeed ZeRO-2") and "optim.fused" not in to_zero2, plan.changes
+    assert "; optim.fused true -> false (ZeRO-Offload steps DeepSpeedCPUAdam):" in to_offload, plan.changes
     assert apply_plan(cfg, plan).optim.fused is False
+
+
+def test_planner_drops_the_step_temporaries_of_fused_adamw_under_zero():
+    # ZeRO-2 over 2 devices: each rank steps its half of the fp32 partitions
+    s = replace(FULL_BF16, strategy="deepspeed", zero_stage=2, devices=2)
+    assert step_temporary_bytes(QWEN, s) == FOREACH_STEP_BYTES * trainable_params(QWEN, s) / 2
+    assert step_temporary_bytes(QWEN, replace(s, fused_optimizer=True)) == 0
+    three = replace(s, zero_stage=3)  # ZeRO-3 steps sub-groups of at most sub_group_size elements
+    assert 0 < step_temporary_bytes(QWEN, three) < step_temporary_bytes(QWEN, s)
+    assert step_temporary_bytes(QWEN, replace(three, fused_optimizer=True)) == 0
