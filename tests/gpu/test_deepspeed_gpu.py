@@ -30,3 +30,18 @@ def test_deepspeed_lora_run_saves_full_adapter(make_cfg, strategy):
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 2
     saved = load_file(Path(cfg.run_dir) / "adapter" / "adapter_model.safetensors")
     assert len(saved) == 16 and all(min(t.shape) > 0 for t in saved.values())
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_fused_adamw_steps_the_zero_partitions_through_lightning(make_cfg, strategy, tmp_path):
+    # optim.fused under ZeRO without offload: Lightning's DeepSpeed path steps the engine, which calls
+    # torch.optim.AdamW(fused=True) on its fp32 CUDA partitions; the run trains and its loss falls
+    from tests.integration.test_live_metrics import columns
+    from ta_train.train import run
+
+    cfg = make_cfg(*GPU, f"strategy={strategy}", "optim.fused=true", "peft=none", "trainer.max_steps=6",
+                   "optim.lr=1e-3", "optim.warmup_ratio=0", "trainer.log_every_n_steps=1")
+    assert cfg.optim.fused
+    run(cfg)
+    losses = columns(Path(cfg.run_dir))["train/loss"]
+    assert len(losses) >= 4 and losses[-1] < losses[0]
