@@ -326,21 +326,26 @@ class FixedBatches:
             yield to_tensors(pad_right(self.examples[i : i + self.micro_size], self.pad_id))
 
 
-def trained_index(labels: Sequence[Sequence[int]]) -> list[int]:
-    """Flat indices b * T + t of the positions whose next-token label is trained (labels[b][t + 1]
+def trained_index(labels: "torch.Tensor") -> "torch.Tensor":
+    """Flat indices b * T + t of the positions whose next-token label is trained (labels[b, t + 1]
     is not IGNORE_INDEX), in order: the rows ta_train.losses.trained_rows keeps, found on the host.
 
-    labels: (B, T) padded rows, as a list of lists.
+    labels: (B, T) padded rows, a long tensor; returns (N,) long.
     """
-    width = len(labels[0]) if labels else 0
-    return [b * width + t for b, row in enumerate(labels) for t in range(width - 1) if row[t + 1] != IGNORE_INDEX]
+    rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    return rows * labels.shape[1] + cols
 
 
 def to_tensors(collated: dict[str, list[list[int]]]) -> dict[str, Any]:
     """The collated lists as long tensors, plus `trained_index` (trained_index of the labels, (N,)
-    long): the loss selects its rows with it, so the device never has to report which rows those are."""
+    long): the loss selects its rows with it, so the device never has to report which rows those are.
+
+    numpy reads the padded Python lists about 14x faster than torch.tensor does (8 x 2,048 tokens x 3
+    fields: 1.6 ms instead of 16; bench/prefetch_bench.py), and torch.from_numpy shares its buffer.
+    """
+    import numpy as np
     import torch
 
-    batch = {k: torch.tensor(v) for k, v in collated.items()}
-    batch["trained_index"] = torch.tensor(trained_index(collated["labels"]), dtype=torch.long)
+    batch = {k: torch.from_numpy(np.array(v, dtype=np.int64)) for k, v in collated.items()}
+    batch["trained_index"] = trained_index(batch["labels"])
     return batch

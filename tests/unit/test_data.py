@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from ta_train.chat import IGNORE_INDEX
-from ta_train.data import FixedBatches, WindowedLoader, apply_weight, read_source, split_indices, trained_index, trained_tokens
+from ta_train.chat import IGNORE_INDEX, pad_right
+from ta_train.data import (FixedBatches, WindowedLoader, apply_weight, read_source, split_indices, to_tensors, trained_index,
+                           trained_tokens)
 from ta_train.packing import pad_packed
 
 
@@ -139,5 +140,20 @@ def test_batches_carry_the_flat_index_of_their_trained_positions():
         assert batch["trained_index"].tolist() == naive_trained_index(batch["labels"])
     packed = pad_packed([{"input_ids": [1] * 5, "labels": [IGNORE_INDEX, 4, IGNORE_INDEX, IGNORE_INDEX, 6], "position_ids": [0, 1, 0, 1, 2]},
                          {"input_ids": [1] * 3, "labels": [IGNORE_INDEX, 2, 3], "position_ids": [0, 1, 2]}], 0)
-    assert trained_index(packed["labels"]) == [0, 3, 5, 6] == naive_trained_index(torch.tensor(packed["labels"]))
-    assert trained_index([[IGNORE_INDEX] * 4]) == [] and trained_index([]) == []
+    labels = torch.tensor(packed["labels"])
+    assert trained_index(labels).tolist() == [0, 3, 5, 6] == naive_trained_index(labels)
+    assert trained_index(torch.full((2, 4), IGNORE_INDEX)).tolist() == []
+    assert trained_index(torch.zeros(0, 4, dtype=torch.long)).tolist() == []
+
+
+def test_to_tensors_equals_torch_tensor_of_the_lists():
+    # numpy reads the lists (faster than torch.tensor); the result must be the same long tensors
+    examples = [example(3, k) for k in (5, 9, 2)]
+    collated = pad_right(examples, 0)
+    batch = to_tensors(collated)
+    for key, rows in collated.items():
+        assert batch[key].dtype == torch.long and torch.equal(batch[key], torch.tensor(rows))
+    assert batch["trained_index"].dtype == torch.long
+    assert batch["trained_index"].tolist() == naive_trained_index(torch.tensor(collated["labels"]))
+    with pytest.raises(ValueError):  # ragged rows are a collation bug: loud, never a 1-D object array
+        to_tensors({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3]]})
