@@ -238,6 +238,8 @@ def probe_model(model: Any, names: Sequence[str] | None, *, precision: str, seq_
 def settle(model: Any, names: Sequence[str], *, precision: str, seq_len: int, device: Any) -> Choice:
     """Probe on the training device and install the implementation that runs the earliest kernel."""
     if torch.device(device).type == "cuda":
+        # the loaded library's version: torch's getVersionInt is cudnnGetVersion() (the compile-time
+        # CUDNN_VERSION only in static builds, where the two are the same library)
         refusal = cudnn_refusal(names, torch.backends.cudnn.version())
         if refusal:
             raise ValueError(refusal)
