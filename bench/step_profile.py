@@ -31,7 +31,7 @@ operator says otherwise. `context_kind` reads a context:
 5. the innermost aten operator's name (OP_RULES): grad_norm (AMP unscale and inf checks, a
    `_foreach_norm` outside the ranges), loss (cross-entropy, log-softmax, NLL), attention (softmax:
    eager attention), compiled (inductor's triton kernels, CompiledFunction), copy (COPY_OPS: copies,
-   dtype casts, fills), elementwise (every other aten operator: RMSNorm, rotary, SiLU and the gating
+   dtype casts, fills; also any operator named *quantize*: QLoRA's nf4 dequantization), elementwise (every other aten operator: RMSNorm, rotary, SiLU and the gating
    product, residual adds, dropout, embedding lookups, reductions, gradient accumulation).
 6. a kernel with no known launcher (a profile without CPU activity, NCCL, a kernel-less context)
    falls back to its name (`kernel_kind`, fragments in KERNEL_NAMES); "other" when none matches, so
@@ -81,13 +81,13 @@ OP_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 COMPILED_OPS = ("triton_", "compiledfunction", "torch-compiled region", "inductor")
 # (kind, fragments of a lower-cased kernel name), first match wins: the fallback without an operator
 KERNEL_NAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("optimizer", ("adam", "sgd", "lamb", "lion")),
+    ("optimizer", ("adam", "sgd", "lamb", "lion", "optimizer")),  # bitsandbytes: kOptimizer8bit2State...
     ("grad_norm", ("lpnorm", "non_finite_check_and_unscale", "amp_update_scale")),
     ("loss", ("cross_entropy", "logsoftmax", "log_softmax", "nll_loss")),
     ("attention", ("flash", "fmha", "sdpa", "attention", "cudnn", "softmax")),
     ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul")),
     ("compiled", ("triton_",)),  # inductor's fused kernels (perf.compile): names list the ops they fuse
-    ("copy", ("memcpy", "memset", "copy", "cast", "fill")),
+    ("copy", ("memcpy", "memset", "copy", "cast", "fill", "quantize")),
     ("elementwise", ("elementwise", "vectorized", "unrolled", "index", "scatter", "gather", "reduce", "norm")),
 )
 
@@ -130,6 +130,8 @@ def _op_rule(name: str) -> str | None:
         return "copy"
     if any(f in low for f in COMPILED_OPS):
         return "compiled"
+    if "quantize" in low:  # bitsandbytes' nf4 / int8 (de)quantization (QLoRA): a dtype cast
+        return "copy"
     if not low.startswith("aten::"):
         return None  # ranges, autograd nodes, other libraries' operators: no rule
     return next(kind for kind, fragments in OP_RULES if any(f in low for f in fragments))

@@ -34,6 +34,7 @@ from bench.step_profile import (
     ("triton_poi_fused_mul_silu_1", "compiled"),
     ("Memcpy HtoD (Pinned -> Device)", "copy"),
     ("Memset (Device)", "copy"),
+    ("void kDequantizeBlockwise<__nv_bfloat16, 512, 64, 8, 2>", "copy"),
     ("some_new_kernel_name", "other"),
 ])
 def test_kernel_names_fall_in_their_kind(name, kind):
@@ -65,6 +66,7 @@ STEP = ("ta.training_step", "Optimizer.step#AdamW.step")  # Lightning runs train
     (("aten::add_", "torch::autograd::AccumulateGrad", BACKWARD), "elementwise"),
     (("triton_poi_fused_mul_silu_1", "CompiledFunction", *STEP), "compiled"),
     (("aten::mm", "CompiledFunction", *STEP), "gemm"),  # inductor's extern matmul
+    (("bitsandbytes::dequantize_4bit", "MatMul4Bit", *STEP), "copy"),  # QLoRA's nf4 -> bf16 weight
     (("nccl:all_reduce", "c10d::allreduce_"), None),  # nothing decides: the kernel's name will
     ((), None),
 ])
