@@ -13,7 +13,7 @@ from ta_train.train import fit
 pytestmark = pytest.mark.gpu
 
 GPU = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_steps=3", "trainer.limit_val_batches=0",
-       "precision=bf16-mixed", "hw.accelerator=gpu", "trainer.gradient_clip_val=1.0", "peft.method=none"]
+       "precision=bf16-mixed", "hw.accelerator=gpu", "trainer.gradient_clip_val=1.0", "peft=none"]
 
 
 class KeepProfile(L.Callback):
