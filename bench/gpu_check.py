@@ -462,7 +462,8 @@ def main() -> int:
         for r in profiled:
             p = r["profile"]
             kinds = ", ".join(f"{k} {v}" for k, v in p["kinds_ms"].items())
-            print(f"{r['case']}: step {p['span_ms']} ms, busy {p['busy_ms']}, idle {p['idle_ms']}; {kinds}")
+            by_op = f" ({p.get('by_op_ms', 0)} ms of it by launching op, the rest by kernel name)"
+            print(f"{r['case']}: step {p['span_ms']} ms, busy {p['busy_ms']}, idle {p['idle_ms']}; {kinds}{by_op}")
     kern = next((r for r in results if r["case"] == "kernels"), None)
     if kern:
         print()

@@ -148,6 +148,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
+@torch.profiler.record_function("ta.loss")  # the loss's profiler range (bench/step_profile.py)
 def fused_linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor] = None,
     label_smoothing: float = 0.0, chunk_rows: int = 4096,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+LOSS_RANGE = "ta.loss"  # the profiler range around the loss's work (bench/step_profile.py)
 
 
 def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +27,7 @@ def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return logits.reshape(-1, vocab), targets.reshape(-1)
 
 
+@torch.profiler.record_function(LOSS_RANGE)
 def trained_rows(
     logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +46,7 @@ def trained_rows(
     return flat_logits[keep], targets[keep]
 
 
+@torch.profiler.record_function(LOSS_RANGE)
 def sum_token_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0, index: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +63,7 @@ def sum_token_cross_entropy(
     return loss_sum, torch.full((), targets.numel(), dtype=torch.long, device=targets.device)
 
 
+@torch.profiler.record_function(LOSS_RANGE)
 def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(correct, total) argmax next-token predictions over trained positions.
 

@@ -161,6 +161,7 @@ class CausalLMModule(L.LightningModule):
             log.info("perf.fused_ce: chunked lm_head + cross-entropy, %d rows per chunk (%s)", self.cfg.perf.ce_chunk_rows, why)
         return parts
 
+    @torch.profiler.record_function("ta.training_step")  # profiler ranges: bench/step_profile.py
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """No host-device synchronization here except on the window's last micro-batch (_log_step):
         the metadata (HOST_KEYS) are Python values, the trained rows are selected by the host-made
@@ -238,8 +239,8 @@ class CausalLMModule(L.LightningModule):
         if self._grad_norm_cache[0] == self._micro_batches:
             return self._grad_norm_cache[1]
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        # the norm clip_grad_norm_ computes (foreach: a few kernels, not one per parameter)
-        norm = torch.nn.utils.get_total_norm(grads, 2.0).float() if grads else None
+        with torch.profiler.record_function("ta.grad_norm"):  # the norm clip_grad_norm_ computes (foreach)
+            norm = torch.nn.utils.get_total_norm(grads, 2.0).float() if grads else None
         replicas = self._shard_replicas()
         if replicas:  # FSDP: each rank holds a slice; every rank must join the reduce
             local = norm if norm is not None else torch.zeros((), device=self.device)
@@ -307,8 +308,8 @@ class CausalLMModule(L.LightningModule):
             return
         norm = self.grad_norm()
         if norm is not None:
-            params = [p for p in self.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+            with torch.profiler.record_function("ta.clip"):
+                torch.nn.utils.clip_grads_with_norm_([p for p in self.parameters() if p.grad is not None], gradient_clip_val, norm)
 
     def on_train_start(self) -> None:
         keep_built_fused(self.trainer.optimizers)  # a resume loads the checkpoint's param-group settings
