@@ -1,10 +1,12 @@
 """Where a training step's device time goes: CUDA kernels by kind, and how long the device sat idle.
 
 bench/gpu_check.py runs PROFILE_STEPS more optimizer steps after a case's timed ones under
-torch.profiler (CPU and CUDA activity) and stores `summarize(...)` of their kernels in the case's
-JSON ("profile"). Idle time is the span of the profiled steps minus the union of kernel intervals:
-the device waiting for the host (launches, syncs, data, and the profiler's own recording of every
-CPU-side operator, a few microseconds each).
+torch.profiler and stores `summarize(...)` of their kernels in the case's JSON ("profile"): the
+first step with CUDA activity only, for its span and its busy and idle time; the second with CPU
+activity too, for the kinds (`make_profiler`). Idle time is the span of a step minus the union of
+kernel intervals: the device waiting for the host (launches, syncs, data). Under CPU tracing it
+also holds the profiler's own recording of every CPU-side operator, a few microseconds each, which
+is why it comes from the first step (the traced step's is `idle_ms_traced`).
 
 Kinds come from the operator that launched each kernel. The profiler links every kernel to the
 innermost CPU-side event open when it was launched (the kernel's linked correlation id). That
@@ -321,34 +323,69 @@ def cuda_kernels(prof: Any) -> list[Kernel]:
 
 def make_profiler(start_step: int, steps: int = PROFILE_STEPS):
     """A Lightning callback profiling optimizer steps [start_step, start_step + steps) on CUDA;
-    its `summary` holds `summarize(...)` afterwards (None when nothing was profiled)."""
+    its `summary` holds `summarize(...)` afterwards (None when nothing was profiled).
+
+    With two steps or more the first is recorded with CUDA activity only and gives the step's span,
+    busy and idle time: recording every CPU-side operator costs the host a few microseconds each,
+    which would show up as device idle time. The others record CPU activity too and give the kinds
+    (by launching operator) and the top kernels; their idle time is kept as `idle_ms_traced`. With
+    one step, that step does both.
+    """
     import lightning as L
     import torch
+
+    cuda = [torch.profiler.ProfilerActivity.CUDA]
+    traced = [torch.profiler.ProfilerActivity.CPU, *cuda]  # CPU: the launching operators
 
     class StepProfiler(L.Callback):
         def __init__(self) -> None:
             self.prof = None
+            self.phase: str | None = None  # "timing" (CUDA only) or "traced" (CPU + CUDA)
+            self.timing: dict[str, Any] | None = None
             self.summary: dict[str, Any] | None = None
+            self._from = start_step
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if self.prof is None and self.summary is None and trainer.global_step == start_step and torch.cuda.is_available():
-                torch.cuda.synchronize()
-                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-                self.prof = torch.profiler.profile(activities=activities)  # CPU: the launching operators
-                self.prof.__enter__()
+            if self.prof is not None or self.summary is not None or not torch.cuda.is_available():
+                return
+            if trainer.global_step == start_step and self.timing is None:
+                self.phase = "timing" if steps >= 2 else "traced"
+            elif trainer.global_step == start_step + 1 and self.timing is not None:
+                self.phase = "traced"
+            else:
+                return
+            torch.cuda.synchronize()
+            self._from = trainer.global_step
+            self.prof = torch.profiler.profile(activities=cuda if self.phase == "timing" else traced)
+            self.prof.__enter__()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if self.prof is not None and trainer.global_step >= start_step + steps:
-                self._finish(trainer.global_step - start_step)
+            if self.prof is None:
+                return
+            if self.phase == "timing" and trainer.global_step >= start_step + 1:
+                self._finish(trainer.global_step - self._from)
+            elif self.phase == "traced" and trainer.global_step >= start_step + steps:
+                self._finish(trainer.global_step - self._from)
 
         def on_train_end(self, trainer, pl_module) -> None:
             if self.prof is not None:  # ended early (max_steps, max_epochs): the steps that did run
-                self._finish(trainer.global_step - start_step)
+                self._finish(trainer.global_step - self._from)
+            if self.summary is None and self.timing is not None:  # the traced steps never ran
+                self.summary = self.timing
 
         def _finish(self, done: int) -> None:
             torch.cuda.synchronize()
             self.prof.__exit__(None, None, None)
-            self.summary = summarize(cuda_kernels(self.prof), done)
+            summary = summarize(cuda_kernels(self.prof), done)
             self.prof = None
+            if self.phase == "timing":
+                self.timing = summary
+                return
+            if self.timing is not None and self.timing.get("kernels"):
+                summary["idle_ms_traced"] = summary.get("idle_ms")
+                for key in ("span_ms", "busy_ms", "idle_ms"):
+                    summary[key] = self.timing[key]
+                summary["timing_steps"] = self.timing["steps"]
+            self.summary = summary
 
     return StepProfiler()

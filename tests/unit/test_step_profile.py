@@ -180,39 +180,61 @@ def test_logged_perf_takes_the_timed_steps_only(tmp_path):
     assert logged_perf(path, warmup) == {"logged_tokens_per_s": 100 + warmup + (TIMED - 1) / 2}
 
 
-def test_the_profiler_divides_by_the_steps_that_ran(monkeypatch):
+@pytest.mark.parametrize(("steps", "ran", "calls"), [
+    (2, 2, [1, 1]),  # one timing step (CUDA only), one traced step (CPU + CUDA)
+    (2, 1, [1]),  # the run ended after the timing step: its summary, kinds by kernel name
+    (3, 2, [1, 1]),  # ended inside the traced steps: per-step figures over the one that ran
+    (3, 3, [1, 2]),
+    (1, 1, [1]),  # one step does both
+])
+def test_the_profiler_times_one_step_untraced_and_divides_by_the_steps_that_ran(monkeypatch, steps, ran, calls):
     """A run that ends (max_steps, epoch end) inside the profiled steps: per-step figures over the
-    steps profiled, not PROFILE_STEPS. CUDA is not here: its availability, synchronize and the CUDA
-    profiler are stubbed (the stub records no kernel)."""
+    steps profiled, not the steps asked for. The span, busy and idle time come from the first step,
+    recorded without CPU activity. CUDA is not here: its availability, synchronize and the CUDA
+    profiler are stubbed (the stub records no kernel; summarize is replaced to tell the sessions apart)."""
     from types import SimpleNamespace
 
     import torch
 
-    from bench.step_profile import PROFILE_STEPS, make_profiler
+    from bench.step_profile import make_profiler
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    sessions: list[list] = []
 
     class NoKernels:
-        def __init__(self, **_) -> None:
+        def __init__(self, activities) -> None:
+            sessions.append(sorted(a.name for a in activities))
             self.profiler = SimpleNamespace(kineto_results=SimpleNamespace(events=lambda: []))
         def __enter__(self): return self
         def __exit__(self, *_) -> None: ...
 
     monkeypatch.setattr(torch.profiler, "profile", NoKernels)
     seen: list[int] = []
-    monkeypatch.setattr("bench.step_profile.summarize", lambda kernels, steps: seen.append(steps) or {"steps": steps})
-    for ran in (PROFILE_STEPS, 1):
-        profiler, trainer = make_profiler(start_step=5), SimpleNamespace(global_step=4)
-        for _ in range(8):
-            profiler.on_train_batch_start(trainer, None, None, 0)
-            trainer.global_step += 1
-            profiler.on_train_batch_end(trainer, None, None, None, 0)
-            if trainer.global_step == 5 + ran:
-                break
-        profiler.on_train_end(trainer, None)
-        assert profiler.summary == {"steps": ran} and profiler.prof is None
-    assert seen == [PROFILE_STEPS, 1]
+
+    def fake_summarize(kernels, steps):
+        seen.append(steps)
+        idle = 1.0 if len(seen) == 1 else 5.0
+        return {"steps": steps, "kernels": 3, "span_ms": 10.0 * steps, "busy_ms": 10.0 * steps - idle, "idle_ms": idle}
+
+    monkeypatch.setattr("bench.step_profile.summarize", fake_summarize)
+    profiler, trainer = make_profiler(start_step=5, steps=steps), SimpleNamespace(global_step=4)
+    for _ in range(8):
+        profiler.on_train_batch_start(trainer, None, None, 0)
+        trainer.global_step += 1
+        profiler.on_train_batch_end(trainer, None, None, None, 0)
+        if trainer.global_step == 5 + ran:
+            break
+    profiler.on_train_end(trainer, None)
+    assert seen == calls and profiler.prof is None
+    timing, traced = ["CUDA"], ["CPU", "CUDA"]
+    assert sessions == ([timing, traced][: len(calls)] if steps >= 2 else [traced])
+    assert profiler.summary["steps"] == calls[-1]
+    if len(calls) == 2:  # the timing step's idle time, the traced one's kept beside it
+        assert profiler.summary["idle_ms"] == 1.0 and profiler.summary["idle_ms_traced"] == 5.0
+        assert profiler.summary["span_ms"] == 10.0 and profiler.summary["timing_steps"] == 1
+    else:
+        assert "idle_ms_traced" not in profiler.summary
 
 
 class ProfileStep:
