@@ -13,7 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ta_train.config_rules import compile_refusal, sdpa_backends_refusal  # noqa: F401 (re-exported)
+from ta_train.config_rules import compile_refusal, fsdp_refusal, sdpa_backends_refusal  # noqa: F401 (re-exported)
 
 
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
@@ -388,7 +388,7 @@ class TrainConfig:
         if isinstance(self.strategy, StrategyConfig):
             refusal = compile_refusal(self.perf, self.strategy)
         if refusal is None and isinstance(self.model, ModelConfig):
-            refusal = sdpa_backends_refusal(self.perf, self.model)
+            refusal = sdpa_backends_refusal(self.perf, self.model) or fsdp_refusal(self.strategy, self.peft)
         if refusal:
             raise ValueError(refusal)
 

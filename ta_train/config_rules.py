@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from ta_train.config import ModelConfig, PerfConfig, StrategyConfig
+    from ta_train.config import ModelConfig, PeftConfig, PerfConfig, StrategyConfig
 
 
 def compile_refusal(perf: "PerfConfig", strategy: "StrategyConfig") -> Optional[str]:
@@ -34,4 +34,21 @@ def sdpa_backends_refusal(perf: "PerfConfig", model: "ModelConfig") -> Optional[
     if perf.sdpa_backends and attn not in ("sdpa", "auto"):
         return (f"perf.sdpa_backends orders PyTorch's SDPA kernels; model.attn_implementation={attn} "
                 "does not use them (set model.attn_implementation=sdpa, or perf.sdpa_backends=null)")
+    return None
+
+
+def fsdp_refusal(strategy: "StrategyConfig", peft: "PeftConfig") -> Optional[str]:
+    """FSDP NO_SHARD with adapters: refused (DDP trains the same, without the failures below).
+
+    PEFT needs FSDP's use_orig_params (trainable and frozen weights in one unit), and with it NO_SHARD
+    fails in PyTorch's FSDP (torch 2.13): with tied embeddings the forward after the first backward
+    asserts "as_params=True type(prim_param)=<class 'torch.Tensor'>" (raw FSDP too, not only through
+    Lightning); untied, the full state dict of a checkpoint lacks the root unit's weights (embeddings,
+    norm, lm_head). NO_SHARD keeps a whole replica per rank, as DDP does. Full fine-tuning under
+    NO_SHARD runs (tests/integration/test_fsdp_cpu.py).
+    """
+    method = getattr(getattr(peft, "method", "none"), "value", getattr(peft, "method", "none"))
+    if (getattr(strategy, "name", None), getattr(strategy, "fsdp_sharding", None)) == ("fsdp", "NO_SHARD") and method != "none":
+        return (f"strategy.fsdp_sharding=NO_SHARD with peft={method} fails in PyTorch's FSDP (use_orig_params with "
+                "frozen weights); use strategy=ddp (NO_SHARD replicates like DDP) or a sharded strategy.fsdp_sharding")
     return None

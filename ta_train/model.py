@@ -221,3 +221,35 @@ def save_hf(model: Any, tokenizer: Any, out_dir: Path, state_dict: dict[str, Any
     model.save_pretrained(out_dir, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")  # FSDP, checkpointing, compile
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as the unwrapped model's state dict spells it (FSDP's full state dict does too)."""
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def save_fsdp_adapter(model: Any, tokenizer: Any, out_dir: Path, state_dict: dict[str, Any]) -> Path:
+    """The files PeftModel.save_pretrained writes (adapter_model.safetensors, adapter_config.json) from a
+    gathered full state dict (ta_train.strategy.fsdp_full_state_dict) of a PEFT model whose layers FSDP
+    wrapped. PEFT's own save picks the adapter's entries by module name and removes only a leading
+    FSDP prefix, not the one inside each wrapped decoder layer: it wrote an empty adapter.
+    """
+    from safetensors.torch import save_file
+
+    adapter = model.active_adapter
+    trainable = {unwrapped_name(n) for n, p in model.named_parameters() if p.requires_grad}
+    weights = {model.base_model._remove_adapter_name_from_key(k, adapter): v.contiguous()
+               for k, v in state_dict.items() if k in trainable}
+    if len(weights) != len(trainable):
+        missing = sorted(trainable - set(state_dict))
+        raise RuntimeError(f"the gathered state dict lacks {len(missing)} adapter weights, e.g. {missing[:3]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    model.peft_config[adapter].save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -14,7 +14,7 @@ from ta_train import attention
 from ta_train.config import PeftMethod, TrainConfig
 from ta_train.losses import sum_token_cross_entropy, token_accuracy_counts, trained_rows, window_scale
 from ta_train.metrics import TokenAccuracy, host_scalar
-from ta_train.model import build_model
+from ta_train.model import build_model, unwrapped_name
 from ta_train.optim import build_optimizer, keep_built_fused
 
 log = logging.getLogger(__name__)
@@ -366,14 +366,7 @@ class CausalLMModule(L.LightningModule):
 
     def _trainable_keys(self) -> set[str]:
         """State-dict keys of the trainable weights (wrapper prefixes such as FSDP's removed)."""
-        wrappers = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-        keys = set()
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                for w in wrappers:
-                    name = name.replace(w, "")
-                keys.add(f"model.{name}")
-        return keys
+        return {f"model.{unwrapped_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore RNG streams so dropout on the next step matches an uninterrupted run."""

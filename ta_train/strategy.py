@@ -75,6 +75,25 @@ def _decoder_layer_policy() -> Any:
     return functools.partial(lambda_auto_wrap_policy, lambda_fn=is_decoder_layer)
 
 
+def fsdp_full_state_dict(trainer: Any) -> dict[str, Any]:
+    """The network's full weights under FSDP on rank 0 ({} on the other ranks); every rank must call it.
+
+    Lightning's full state dict (what its checkpoints hold: each FSDP unit gathered in turn, FSDP's
+    wrapper prefixes removed), keyed as the network's own state dict (the LightningModule's `model.`
+    prefix dropped). After training the network holds only this rank's flat shards, so saving it
+    directly would write partial tensors, and its state_dict() starts a gather that rank 0 alone would
+    wait in (seen: it failed once rank 1 had exited). Rank 0 holds the whole network on the host,
+    frozen base included (Lightning offloads each gathered unit to the CPU there). Raises RuntimeError
+    if a weight on rank 0 is still empty.
+    """
+    full = trainer.strategy.lightning_module_state_dict()
+    state = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+    empty = [k for k, v in state.items() if v.numel() == 0]
+    if trainer.is_global_zero and (empty or not state):
+        raise RuntimeError(f"FSDP full state dict: {len(empty)} empty weights of {len(state)}, e.g. {empty[:3]}")
+    return state if trainer.is_global_zero else {}
+
+
 def build_loggers(cfg: LoggerConfig, run_dir: Path) -> list[Any]:
     """metrics.csv always; TensorBoard or W&B on top when the logger group says so."""
     from lightning.pytorch.loggers import CSVLogger

@@ -163,7 +163,7 @@ def fit(cfg: TrainConfig, extra_callbacks: list[Any] | None = None) -> tuple[Any
 
 def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) -> Path:
     """Write the adapter (or the full model) in HF format with the tokenizer; returns its folder."""
-    from ta_train.model import random_llama, save_hf, torch_dtype
+    from ta_train.model import random_llama, save_fsdp_adapter, save_hf, torch_dtype
 
     run_dir = Path(cfg.run_dir)
     hf_dir = run_dir / ("model" if cfg.peft.method == PeftMethod.none else "adapter")
@@ -175,6 +175,10 @@ def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) ->
         state = gathered_state_dict(
             module.model, trainable_only=cfg.peft.method != PeftMethod.none, keep=trainer.is_global_zero
         )
+    elif cfg.strategy.name == "fsdp":
+        from ta_train.strategy import fsdp_full_state_dict
+
+        state = fsdp_full_state_dict(trainer)  # a gather every rank joins
     if not trainer.is_global_zero:
         return hf_dir
     if cfg.model.random_init and cfg.peft.method != PeftMethod.none:
@@ -183,6 +187,8 @@ def save_outputs(cfg: TrainConfig, trainer: Any, module: Any, tokenizer: Any) ->
         random_llama(cfg.model, torch_dtype(cfg.precision.frozen_dtype), "sdpa").save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
         module.model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    if cfg.strategy.name == "fsdp" and cfg.peft.method != PeftMethod.none:
+        return save_fsdp_adapter(module.model, tokenizer, hf_dir, state)
     return save_hf(module.model, tokenizer, hf_dir, state_dict=state)
 
 
