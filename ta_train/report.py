@@ -1,6 +1,6 @@
 """`python -m ta_train.report RUN_DIR [--out DIR]`: PNG plots and a markdown summary of a finished run.
 
-Reads `metrics.csv`, `plan.json` and `.hydra/config.yaml` (ta_train.report_data) and writes, to
+Reads `metrics.csv`, `plan.json` and `run.json` (else `.hydra/config.yaml`; ta_train.report_data) and writes, to
 `RUN_DIR/report/` unless `--out` says otherwise:
 - `loss.png` (train and val loss), `lr.png`, `grad_norm.png`, `token_acc.png`, and `perf.png`
   (MFU, tokens/s, TFLOP/s, memory: whichever `perf/*` metrics the run logged);
