@@ -111,7 +111,7 @@ def render_markdown(summary: dict[str, Any], plots: list[str], run: RunData) -> 
         ("grad norm min / max", f"{fmt(s['grad_norm_min'])} / {fmt(s['grad_norm_max'])}"),
         ("final token accuracy train / val", f"{fmt(s['final_train_token_acc'])} / {fmt(s['final_val_token_acc'])}"),
         ("memory: plan peak per device", f"{fmt(s['plan_peak_gib'], '.3f')} GiB (fits: {fmt(s['plan_fits'])})"),
-        ("memory: measured peak", f"{fmt(s['measured_max_memory_gb'], '.3f')} (perf/max_memory_gb)"),
+        ("memory: measured peak", f"{fmt(s['measured_max_memory_gb'], '.3f')} GiB (perf/max_memory_gb)"),
         ("mean MFU", fmt(s["mean_mfu"])),
         ("mean tokens/s", fmt(s["mean_tokens_per_s"], ".1f")),
     ]
