@@ -159,10 +159,11 @@ class StrategyConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 1, 2 or 3 (deepspeed only)
     offload_optimizer: bool = False  # optimizer states to CPU RAM
     offload_parameters: bool = False  # parameters to CPU RAM (ZeRO-3 only)
-    fsdp_sharding: str = "FULL_SHARD"
+    fsdp_sharding: str = "FULL_SHARD"  # exact names: the planner and the grad norm read them (not lower case)
 
     def __post_init__(self) -> None:
         _check_choice("strategy.name", self.name, ("auto", "ddp", "fsdp", "deepspeed"))
+        _check_choice("strategy.fsdp_sharding", self.fsdp_sharding, FSDP_SHARDINGS)
 
 
 @dataclass
@@ -329,6 +330,7 @@ class PerfConfig:
             raise ValueError(f"perf.compile_mode={self.compile_mode} needs perf.compile_backend=inductor, got {self.compile_backend}")
 
 
+FSDP_SHARDINGS = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")  # torch ShardingStrategy
 # perf.sdpa_backends names (torch.nn.attention.SDPBackend: CUDNN_ATTENTION, FLASH_ATTENTION, ...)
 SDPA_BACKENDS = ("cudnn", "flash", "efficient", "math")
 

@@ -112,6 +112,8 @@ def inspect(cfg: TrainConfig, out: Any = sys.stdout) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
         for source in cfg.data.sources:
             parsed = read_source(resolve_source_path(source, Path(work)), source.format)
+            if source.path == "demo":  # its file is a temporary one: name the lines of `ta_data demo`'s sft.jsonl
+                parsed.path = "demo (python -m ta_data demo output=DIR: DIR/sft.jsonl)"
             _count_source(cfg, tokenizer, parsed, counts, reasons, cfg.inspect.n, color, out)
         val_items, val_rejects, val_files = read_val_sources(cfg.data, Path(work))
         capped = SourceRecords("data.val_sources", [m for _, _, m in val_items], [n for _, n, _ in val_items], val_rejects)

@@ -100,7 +100,9 @@ def _setup(cfg: TrainConfig, micro: Optional[int], ckpt: Optional[bool]) -> Setu
         offload_optimizer=st.offload_optimizer,
         offload_parameters=st.offload_parameters,
         fsdp_sharding=st.fsdp_sharding,
-        devices=cfg.hw.devices if cfg.hw is not None else cfg.trainer.devices,
+        # what Lightning runs: the hw profile sets trainer.devices, and the command line may change it
+        devices=cfg.trainer.devices * cfg.trainer.num_nodes,
+        nodes=cfg.trainer.num_nodes,
         micro_batch=micro if micro is not None else cfg.batch.micro_size,
         seq_len=cfg.data.max_seq_len,
         gradient_checkpointing=ckpt if ckpt is not None else cfg.gradient_checkpointing,

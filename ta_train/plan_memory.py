@@ -78,7 +78,7 @@ class Setup:
     offload_optimizer: bool
     offload_parameters: bool
     fsdp_sharding: str
-    devices: int
+    devices: int  # every device of the job: trainer.devices x trainer.num_nodes
     micro_batch: int  # sequences per forward pass per device
     seq_len: int  # tokens per sequence
     gradient_checkpointing: bool
@@ -89,6 +89,7 @@ class Setup:
     ce_chunk_rows: int = 4096  # perf.ce_chunk_rows
     plain_lm_head: bool = True  # model.plain_lm_head: the fused loss can replace the head
     fused_optimizer: bool = False  # optim.fused: torch's fused AdamW (no step temporaries)
+    nodes: int = 1  # trainer.num_nodes: CPU offload is reported per node (devices / nodes of the shards)
 
     @property
     def half(self) -> bool:
@@ -243,6 +244,7 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
     from ta_train.plan_activations import activation_bytes, logits_bytes
 
     d = max(s.devices, 1)
+    per_node = d / max(s.nodes, 1)  # the ranks whose offloaded shards share one node's RAM
     stage = s.shard_stage
     w, autocast_copy = weight_bytes(arch, s)
     opt, grad = optimizer_bytes(arch, s), gradient_bytes(arch, s)
@@ -250,7 +252,7 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
     if stage >= 3:
         w, autocast_copy = w / d, autocast_copy / d
     if s.offload_parameters and stage >= 3:
-        cpu += w * d
+        cpu += w * per_node
         w = 0.0
     if stage >= 1:
         opt /= d
@@ -259,7 +261,7 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
     if s.offload_optimizer and s.strategy == "deepspeed":
         # ZeRO-Offload (Ren et al. 2021): optimizer states, fp32 master and fp32 gradients live in
         # CPU RAM and the step runs there; the device keeps half weights and gradient buckets.
-        cpu += opt * d + 4.0 * trainable_params(arch, s)
+        cpu += opt * per_node + 4.0 * trainable_params(arch, s) * per_node / d
         opt = 0.0
         grad = min(grad, OFFLOAD_GRAD_BUCKET_BYTES)
     buffers = logits_bytes(arch, s) + RUNTIME_OVERHEAD_GIB * GIB

@@ -1,6 +1,6 @@
 """`python -m ta_train.report RUN_DIR [--out DIR]`: PNG plots and a markdown summary of a finished run.
 
-Reads `metrics.csv`, `plan.json` and `.hydra/config.yaml` (ta_train.report_data) and writes, to
+Reads `metrics.csv`, `plan.json` and `run.json` (else `.hydra/config.yaml`; ta_train.report_data) and writes, to
 `RUN_DIR/report/` unless `--out` says otherwise:
 - `loss.png` (train and val loss), `lr.png`, `grad_norm.png`, `token_acc.png`, and `perf.png`
   (MFU, tokens/s, TFLOP/s, memory: whichever `perf/*` metrics the run logged);
@@ -111,7 +111,7 @@ def render_markdown(summary: dict[str, Any], plots: list[str], run: RunData) -> 
         ("grad norm min / max", f"{fmt(s['grad_norm_min'])} / {fmt(s['grad_norm_max'])}"),
         ("final token accuracy train / val", f"{fmt(s['final_train_token_acc'])} / {fmt(s['final_val_token_acc'])}"),
         ("memory: plan peak per device", f"{fmt(s['plan_peak_gib'], '.3f')} GiB (fits: {fmt(s['plan_fits'])})"),
-        ("memory: measured peak", f"{fmt(s['measured_max_memory_gb'], '.3f')} (perf/max_memory_gb)"),
+        ("memory: measured peak", f"{fmt(s['measured_max_memory_gb'], '.3f')} GiB (perf/max_memory_gb)"),
         ("mean MFU", fmt(s["mean_mfu"])),
         ("mean tokens/s", fmt(s["mean_tokens_per_s"], ".1f")),
     ]

@@ -24,7 +24,7 @@ class RunData:
 
     run_dir: Path
     metrics: dict[str, Series]  # column -> its non-empty cells
-    config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml, else run.json's config
+    config: dict[str, Any] = field(default_factory=dict)  # run.json's config, else .hydra/config.yaml
     plan: dict[str, Any] | None = None  # plan.json
     summary: dict[str, Any] | None = None  # summary.json
 
@@ -66,11 +66,13 @@ def load_run(run_dir: Path) -> RunData:
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: not found; RUN_DIR must be a training run directory")
     run = RunData(run_dir=run_dir, metrics=read_metrics_csv(metrics_path))
+    # run.json holds the config as the run used it (interpolations resolved: `optim.lr: ${peft.lr}`
+    # is a number there); .hydra/config.yaml is the composed text, the fallback for older runs.
     hydra_cfg, run_json = run_dir / ".hydra" / "config.yaml", run_dir / "run.json"
-    if hydra_cfg.is_file():
-        run.config = yaml.safe_load(hydra_cfg.read_text(encoding="utf-8")) or {}
-    elif run_json.is_file():
+    if run_json.is_file():
         run.config = json.loads(run_json.read_text(encoding="utf-8")).get("config", {})
+    elif hydra_cfg.is_file():
+        run.config = yaml.safe_load(hydra_cfg.read_text(encoding="utf-8")) or {}
     for name in ("plan", "summary"):
         path = run_dir / f"{name}.json"
         if path.is_file():

@@ -101,3 +101,16 @@ def test_bad_cells_and_missing_files_are_named(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ta_train.report", str(tmp_path / "nowhere")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "nowhere/metrics.csv: not found" in proc.stderr
+
+
+def test_config_numbers_come_resolved_from_run_json(tmp_path):
+    """`.hydra/config.yaml` keeps `optim.lr: ${peft.lr}` as text; the report reads run.json's number (and says GiB)."""
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss,perf/max_memory_gb\n0,0,2.0,1.5\n")
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("peft:\n  method: lora\n  lr: 0.0002\noptim:\n  lr: ${peft.lr}\n")
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"peft": {"method": "lora", "lr": 2e-4}, "optim": {"lr": 2e-4}}}))
+    md = write_report(tmp_path).read_text()
+    assert "| peak learning rate | 0.0002 |" in md and "| memory: measured peak | 1.500 GiB (perf/max_memory_gb) |" in md
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["lr"] == 2e-4
+    (tmp_path / "run.json").unlink()  # an older run without run.json: the composed yaml still reports
+    assert "| peft | lora " in write_report(tmp_path).read_text()

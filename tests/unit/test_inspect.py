@@ -41,4 +41,5 @@ def test_inspect_cli_writes_no_run_directory(tmp_path):
                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "== tiny x demo: examples" in proc.stdout
+    assert "--- demo (python -m ta_data demo output=DIR: DIR/sft.jsonl):1  (" in proc.stdout  # not a deleted temp file
     assert list(tmp_path.iterdir()) == []

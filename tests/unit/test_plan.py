@@ -96,6 +96,9 @@ def test_offload_moves_optimizer_to_cpu():
     assert est.optimizer == 0.0 and est.gradients == pytest.approx(0.745, abs=0.001)  # two 2e8 half buckets
     # both devices' shards in one node's RAM: 12 B/param optimizer + 4 B/param fp32 gradients
     assert est.cpu_offload == pytest.approx(85.11 + 28.37, abs=0.01)
+    # 2 nodes x 2 devices: each node's RAM holds its 2 ranks' shards, half of the job's
+    nodes = estimate(QWEN, replace(FULL_BF16, strategy="deepspeed", zero_stage=2, devices=4, nodes=2, offload_optimizer=True))
+    assert nodes.cpu_offload == pytest.approx((85.11 + 28.37) / 2, abs=0.01)
 
 
 def test_checkpointing_lowers_activations():
@@ -203,6 +206,17 @@ def test_2xa6000_full_fine_tune_adds_offload_or_refuses():
     strict = make_plan(cfg, strict=True)
     assert not strict.fits and strict.changes == [] and strict.strategy["zero_stage"] == 2
     assert strict.peak_gib > 48 and not strict.strategy["offload_optimizer"]
+
+
+def test_plan_counts_the_devices_the_trainer_runs():
+    """+hw=a100 sets trainer.devices=1; a command-line trainer.devices / num_nodes is what Lightning
+    runs, what the accumulation divides by and what ZeRO shards over."""
+    base = ["+hw=a100", "model=qwen7b", "peft=none", "strategy=deepspeed_zero2", "data.max_seq_len=2048"]
+    plan = make_plan(cfg_for(*base, "trainer.devices=4", "trainer.num_nodes=2"), strict=True, pin_checkpointing=True)
+    assert (plan.devices, plan.micro_batch, plan.accumulation) == (8, 4, 128 // (4 * 8))
+    one = make_plan(cfg_for(*base), strict=True, pin_checkpointing=True)
+    assert (one.devices, one.accumulation) == (1, 32)
+    assert plan.breakdown["optimizer"] == pytest.approx(one.breakdown["optimizer"] / 8, abs=0.002)
 
 
 def test_zero2_step_only_with_several_devices():
