@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ from ta_train.data import (
 )
 
 log = logging.getLogger(__name__)
+# A checkpoint stores the data position (CausalLMModule.on_save_checkpoint) and train_dataloader
+# skips to it on resume, so Lightning's warning that the loader "is not resumable" (it looks for a
+# loader state_dict) does not apply here.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def resume_position(epoch: int, done: int, n_batches: int) -> tuple[int, int]:

@@ -94,11 +94,12 @@ def fsdp_full_state_dict(trainer: Any) -> dict[str, Any]:
     return state if trainer.is_global_zero else {}
 
 
-def build_loggers(cfg: LoggerConfig, run_dir: Path) -> list[Any]:
-    """metrics.csv always; TensorBoard or W&B on top when the logger group says so."""
-    from lightning.pytorch.loggers import CSVLogger
+def build_loggers(cfg: LoggerConfig, run_dir: Path, resuming: bool = False) -> list[Any]:
+    """metrics.csv always (kept across a resume: ta_train.csv_metrics); TensorBoard or W&B on top
+    when the logger group says so."""
+    from ta_train.csv_metrics import RunCSVLogger
 
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list[Any] = [RunCSVLogger(run_dir, resuming)]
     if cfg.name == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 

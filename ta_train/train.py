@@ -30,6 +30,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list[Any] | 
     import lightning as L
 
     from ta_train.callbacks import AtomicCheckpointIO, EpochProgressBar, checkpoint_callbacks
+    from ta_train.csv_metrics import ResumedAt
     from ta_train.guards import guard_callbacks
     from ta_train.strategy import build_loggers, build_strategy
     from ta_train.throughput import monitor_callbacks
@@ -56,9 +57,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, extra_callbacks: list[Any] | 
             *checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints"),
             *monitor_callbacks(cfg, run_dir),
             *guard_callbacks(cfg, run_dir),
+            *([ResumedAt()] if cfg.ckpt_path is not None else []),
             *(extra_callbacks or []),
         ],
-        logger=build_loggers(cfg.logger, run_dir),
+        logger=build_loggers(cfg.logger, run_dir, resuming=cfg.ckpt_path is not None),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )

@@ -74,6 +74,22 @@ def test_resume_mid_run_gives_the_same_next_step_loss(make_cfg, tmp_path):
         assert b[step]["train/lr"] == pytest.approx(a[step]["train/lr"], rel=1e-9)
 
 
+def test_resume_in_place_keeps_the_earlier_metrics_and_logs_each_step_once(make_cfg, tmp_path):
+    # stopped at step 5 with its checkpoint at 3: steps 3 and 4 are trained (and logged) again
+    common = ["trainer.max_steps=6", "checkpoint.every_n_steps=3", "trainer.limit_val_batches=0", f"run_dir={tmp_path}"]
+    fit(make_cfg(*common), [StopAt(5)])
+    before = read_metrics(tmp_path)
+    assert sorted(before) == [0, 1, 2, 3, 4]
+    fit(make_cfg(*common, "ckpt_path=last"))
+    with (tmp_path / "metrics.csv").open() as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+    assert steps == [0, 1, 2, 3, 4, 5]  # each once, in order
+    after = read_metrics(tmp_path)
+    assert all(after[s] == before[s] for s in (0, 1, 2))  # the rows before the checkpoint are the first run's
+    for s in (3, 4):  # the same steps trained again from the checkpoint
+        assert after[s]["train/loss"] == pytest.approx(before[s]["train/loss"], abs=1e-6)
+
+
 def test_resume_from_an_epochs_last_batch_starts_the_next_epoch(make_cfg, tmp_path):
     # 62 demo examples / micro 8 = 8 micro-batches = 4 optimizer steps per epoch
     common = ["trainer.max_steps=-1", "trainer.limit_val_batches=0", "checkpoint.every_n_steps=4",
