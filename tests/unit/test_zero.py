@@ -163,7 +163,8 @@ def test_hw_profiles_carry_their_env():
     multi = cfg_for("+hw=2xa6000", "model=qwen7b").hw
     assert multi.env["NCCL_IB_DISABLE"] == "1" and multi.env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC" in multi.env and not multi.env_override
-    assert cfg_for("+hw=t4").hw.env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    for single in ("t4", "24g", "a100", "h200"):  # every GPU profile: growable allocator segments
+        assert cfg_for(f"+hw={single}").hw.env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, single
     assert cfg_for("+hw=cpu").hw.env == {}
     assert cfg_for("+hw=cpu", "+hw.env.OMP_NUM_THREADS=2").hw.env == {"OMP_NUM_THREADS": "2"}
 
