@@ -121,9 +121,9 @@ class DataConfig:
     system_prompt: Optional[str] = None  # applied to records that carry none
     packing: bool = False  # several examples per max_seq_len row, isolated by position_ids
     shuffle_seed: int = 1234
-    # micro-batches collated ahead in a background thread while the device computes (ta_train.prefetch);
-    # 0 collates inline. On CUDA the batches are also page-locked for an asynchronous copy.
-    prefetch: int = 2
+    # micro-batches collated ahead in a thread (ta_train.prefetch); 0 (default): inline, faster where
+    # the host is the bottleneck (bench/prefetch_bench.py). On CUDA batches are page-locked either way.
+    prefetch: int = 0
 
     def __post_init__(self) -> None:
         if self.prefetch < 0:

@@ -1,12 +1,13 @@
 """Micro-batches collated ahead of the training step, in a background thread (`data.prefetch`).
 
-Without it the loop collates each micro-batch (padding, tensors, the trained-row index: about 5-10
-ms for 8 x 2,048 tokens in Python) after the previous step has finished on the device. The step ends
-in a device sync (the logged metrics are read), so those milliseconds leave the GPU idle every
-step. The thread fills a queue of `depth` batches while the main thread waits on the device; the
-waits release the GIL. `pin=True` (training on CUDA) copies each batch into page-locked memory in
-the thread. Lightning's non-blocking transfer then really is asynchronous: from pageable memory the
-driver may stage the copy and wait for the stream first.
+Inline, the loop collates each micro-batch (padding, tensors, the trained-row index: about 2.7 ms
+for 8 x 2,048 tokens, bench/prefetch_bench.py) after the previous step has returned. The thread
+fills a queue of `depth` batches while the main thread waits on the device; the waits release the
+GIL. But the thread holds the GIL while it collates, and where the host itself is the bottleneck
+(Python queuing kernels) a 50 ms host-bound step took 64-66 ms with it instead of 56, so it is off
+by default (depth 0). `pin=True` (training on CUDA) copies each batch into page-locked memory, in the
+thread or inline: Lightning's non-blocking transfer then really is asynchronous (from pageable
+memory the driver may stage the copy and wait for the stream first).
 
 Order and content are those of the wrapped iterator. An error in the thread is raised in the
 consumer with its traceback. A consumer that stops early (max_steps reached, the generator closed

@@ -96,9 +96,10 @@ class PinProbe(L.Callback):
         dm.on_before_batch_transfer = probed
 
 
-def test_batches_are_prefetched_page_locked_on_cuda(make_cfg):
+@pytest.mark.parametrize("depth", [0, 2])  # inline (the default) or collated ahead in the thread
+def test_batches_are_page_locked_on_cuda(make_cfg, depth):
     probe = PinProbe()
-    fit(make_cfg(*GPU, "data.prefetch=2"), [probe])
+    fit(make_cfg(*GPU, f"data.prefetch={depth}"), [probe])
     assert probe.pinned and all(probe.pinned), probe.pinned
 
 
