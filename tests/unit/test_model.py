@@ -91,9 +91,12 @@ def test_deepspeed_strategy_carries_the_zero_stage():
 def test_csv_logger_is_always_on(tmp_path, make_cfg):
     from lightning.pytorch.loggers import CSVLogger
 
+    from ta_train.csv_metrics import RunCSVLogger
+
     cfg = make_cfg()
     loggers = build_loggers(cfg.logger, tmp_path)
-    assert [type(l) for l in loggers] == [CSVLogger] and Path(loggers[0].log_dir) == tmp_path
+    assert [type(l) for l in loggers] == [RunCSVLogger] and Path(loggers[0].log_dir) == tmp_path
+    assert isinstance(loggers[0], CSVLogger)  # Lightning's, with the run folder's rules for metrics.csv
 
 
 def test_an_added_pad_token_grows_the_embeddings_with_the_mean_row(make_cfg):
