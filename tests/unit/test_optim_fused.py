@@ -53,6 +53,17 @@ def test_fused_is_a_preference_that_steps_aside_where_torch_adamw_does_not_step(
     assert applied.optim.fused is False and "optim.fused off: ZeRO-Offload steps DeepSpeedCPUAdam on the CPU" in caplog.text
 
 
+def test_offload_optimizer_turns_fused_off_only_under_deepspeed(make_cfg):
+    # ddp and fsdp ignore strategy.offload_optimizer: torch's AdamW steps there, as the planner counted
+    from ta_train.plan import apply_plan, make_plan
+
+    for strategy in ("strategy=ddp", "strategy=fsdp"):
+        cfg = make_cfg(strategy, "strategy.offload_optimizer=true", "optim.fused=true")
+        plan = make_plan(cfg)
+        assert plan.strategy["name"] == strategy.split("=")[1]
+        assert apply_plan(cfg, plan).optim.fused is True
+
+
 def test_build_optimizer_steps_aside_under_offload():
     pytest.importorskip("deepspeed")
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, fused=True), total_steps=1, offload=True)
