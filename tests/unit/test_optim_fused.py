@@ -64,6 +64,28 @@ def test_offload_optimizer_turns_fused_off_only_under_deepspeed(make_cfg):
         assert apply_plan(cfg, plan).optim.fused is True
 
 
+def test_keep_built_fused_keeps_the_step_counts_usable_across_settings():
+    # CPU half of tests/gpu/test_cuda_paths.py::test_adamw_resumes_a_checkpoint_of_the_other_fused_setting_on_cuda
+    # (the placement itself needs a second device): the counts kept, fp32, and stepping on
+    from ta_train.optim import keep_built_fused
+
+    for fused in (True, False):
+        model = torch.nn.Linear(3, 2)
+        other = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=(not fused) or None)
+        for _ in range(2):
+            model(torch.randn(4, 3)).sum().backward()
+            other.step()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
+        optimizer.load_state_dict(other.state_dict())
+        keep_built_fused([optimizer])
+        assert optimizer.param_groups[0]["fused"] is (True if fused else None)
+        for p in model.parameters():
+            step = optimizer.state[p]["step"]
+            assert float(step) == 2.0 and step.dtype == torch.float32 and step.device == p.device
+        optimizer.step()
+        assert all(float(optimizer.state[p]["step"]) == 3.0 for p in model.parameters())
+
+
 def test_build_optimizer_steps_aside_under_offload():
     pytest.importorskip("deepspeed")
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, fused=True), total_steps=1, offload=True)
