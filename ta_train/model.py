@@ -252,6 +252,8 @@ def save_fsdp_adapter(model: Any, tokenizer: Any, out_dir: Path, state_dict: dic
     wrapped. PEFT's own save picks the adapter's entries by module name and removes only a leading
     FSDP prefix, not the one inside each wrapped decoder layer: it wrote an empty adapter.
     """
+    import copy
+
     from safetensors.torch import save_file
 
     adapter = model.active_adapter
@@ -262,6 +264,8 @@ def save_fsdp_adapter(model: Any, tokenizer: Any, out_dir: Path, state_dict: dic
         raise RuntimeError(f"the gathered state dict lacks {len(missing)} adapter weights, e.g. {missing[:3]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    model.peft_config[adapter].save_pretrained(str(out_dir))
+    config = copy.copy(model.peft_config[adapter])
+    config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    config.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -1,6 +1,8 @@
 """save_fsdp_adapter writes what PEFT's own save writes, from a full state dict (no private PEFT API)."""
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ta_train.model import adapter_file_key, build_model, save_fsdp_adapter
@@ -28,6 +30,8 @@ def test_save_fsdp_adapter_writes_peft_s_adapter_files(make_cfg, smollm2_tokeniz
     ours, peft = load_file(tmp_path / "a" / "adapter_model.safetensors"), load_file(tmp_path / "peft" / "adapter_model.safetensors")
     assert ours.keys() == peft.keys() == get_peft_model_state_dict(model).keys() and len(ours) > 0
     assert all(torch.equal(ours[k], peft[k]) for k in ours)
+    config = [json.loads((tmp_path / d / "adapter_config.json").read_text()) for d in ("a", "peft")]
+    assert config[0] == config[1] and config[0]["inference_mode"] is True and not model.peft_config["default"].inference_mode
     loaded = PeftModel.from_pretrained(model.get_base_model(), tmp_path / "a", adapter_name="again")
     trained = {n: p for n, p in loaded.named_parameters() if ".default." in n}
     for n, p in loaded.named_parameters():
