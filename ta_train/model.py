@@ -233,23 +233,39 @@ def unwrapped_name(name: str) -> str:
     return name
 
 
+def adapter_file_key(key: str, adapter: str) -> str:
+    """A PEFT model's state-dict key as its adapter files spell it: without the adapter's name, which is
+    the module-dict entry before the tensor's own name (`q_proj.lora_A.default.weight`) or, for a
+    parameter-dict entry, the last part. (PEFT's own mapping, BaseTuner._remove_adapter_name_from_key,
+    is private and missing in peft 0.17, which pyproject allows.)"""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[-1] == adapter:
+        return ".".join(parts[:-1])
+    if len(parts) > 2 and parts[-2] == adapter:
+        return ".".join(parts[:-2] + parts[-1:])
+    return key
+
+
 def save_fsdp_adapter(model: Any, tokenizer: Any, out_dir: Path, state_dict: dict[str, Any]) -> Path:
     """The files PeftModel.save_pretrained writes (adapter_model.safetensors, adapter_config.json) from a
     gathered full state dict (ta_train.strategy.fsdp_full_state_dict) of a PEFT model whose layers FSDP
     wrapped. PEFT's own save picks the adapter's entries by module name and removes only a leading
     FSDP prefix, not the one inside each wrapped decoder layer: it wrote an empty adapter.
     """
+    import copy
+
     from safetensors.torch import save_file
 
     adapter = model.active_adapter
     trainable = {unwrapped_name(n) for n, p in model.named_parameters() if p.requires_grad}
-    weights = {model.base_model._remove_adapter_name_from_key(k, adapter): v.contiguous()
-               for k, v in state_dict.items() if k in trainable}
+    weights = {adapter_file_key(k, adapter): v.contiguous() for k, v in state_dict.items() if k in trainable}
     if len(weights) != len(trainable):
         missing = sorted(trainable - set(state_dict))
         raise RuntimeError(f"the gathered state dict lacks {len(missing)} adapter weights, e.g. {missing[:3]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    model.peft_config[adapter].save_pretrained(str(out_dir))
+    config = copy.copy(model.peft_config[adapter])
+    config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    config.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -121,6 +121,12 @@ def keep_built_fused(optimizers: Sequence[Any]) -> None:
     under the fp16 GradScaler then fails (it still says it unscales inside its step: "Expected
     grad_scale and found_inf to be None"). DeepSpeed's ZeRO optimizers wrap torch's as `.optimizer`
     and load its param groups the same way.
+
+    The step counts (state["step"]) go where the built step reads them, as torch's AdamW creates
+    them: a fused (or capturable) one on its parameter's device in fp32, a multi-tensor one on the
+    CPU. load_state_dict placed them by the checkpoint's setting (and Lightning moves every state
+    tensor but "step"), so a fused kernel on the GPU got CPU counts, and a multi-tensor step read each
+    GPU count back with .item().
     """
     import torch
 
@@ -130,3 +136,10 @@ def keep_built_fused(optimizers: Sequence[Any]) -> None:
             built = bool(getattr(base, "_step_supports_amp_scaling", False))
             for group in base.param_groups:
                 group["fused"] = True if built else None  # None: as AdamW() builds it
+                on_param = built or bool(group.get("capturable"))
+                for p in group["params"]:
+                    step = base.state.get(p, {}).get("step")
+                    if isinstance(step, torch.Tensor):
+                        where = p.device if on_param else torch.device("cpu")
+                        if step.device != where:
+                            base.state[p]["step"] = step.to(where, torch.float32 if on_param else step.dtype)

@@ -305,7 +305,8 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:
         offload_optimizer=bool(st.get("offload_optimizer")),
         offload_parameters=bool(st.get("offload_parameters")),
     )
-    fused = cfg.optim.fused and not strategy.offload_optimizer
+    # as CausalLMModule.configure_optimizers decides: only DeepSpeed reads offload_optimizer
+    fused = cfg.optim.fused and not (strategy.name == "deepspeed" and strategy.offload_optimizer)
     if cfg.optim.fused and not fused:
         log.info("optim.fused off: ZeRO-Offload steps DeepSpeedCPUAdam on the CPU")
     peft = replace(cfg.peft, method=PeftMethod(plan.peft["method"]), r=plan.peft.get("r", cfg.peft.r))

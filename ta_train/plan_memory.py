@@ -101,6 +101,14 @@ class Setup:
         return self.strategy == "deepspeed" and self.half
 
     @property
+    def shard_devices(self) -> int:
+        """The devices one copy of the sharded states is split over: every device of the job, except
+        under FSDP's hybrid shardings, which shard within a node and replicate across nodes."""
+        if self.strategy == "fsdp" and "HYBRID" in self.fsdp_sharding:
+            return max(self.devices // max(self.nodes, 1), 1)
+        return max(self.devices, 1)
+
+    @property
     def shard_stage(self) -> int:
         """ZeRO stage equivalent: 1 optimizer, 2 + gradients, 3 + parameters sharded over devices."""
         if self.strategy == "deepspeed":
@@ -203,7 +211,7 @@ def step_temporary_bytes(arch: ArchConfig, s: Setup) -> float:
     if s.cpu:  # the largest tensor of a full fine-tune: the embedding or an MLP weight (LoRA's are tiny)
         largest = max(arch.vocab_size, arch.intermediate_size) * arch.hidden_size if s.method == "none" else 0
         return float(CPU_STEP_BYTES * largest)
-    elements = trainable_params(arch, s) / (max(s.devices, 1) if s.shard_stage >= 1 else 1)
+    elements = trainable_params(arch, s) / (s.shard_devices if s.shard_stage >= 1 else 1)
     if s.strategy == "deepspeed" and s.zero_stage == 3:
         elements = min(elements, ZERO3_SUB_GROUP_ELEMENTS)
     return float(FOREACH_STEP_BYTES * elements)
@@ -243,8 +251,8 @@ def estimate(arch: ArchConfig, s: Setup) -> Estimate:
     """
     from ta_train.plan_activations import activation_bytes, logits_bytes
 
-    d = max(s.devices, 1)
-    per_node = d / max(s.nodes, 1)  # the ranks whose offloaded shards share one node's RAM
+    d = s.shard_devices
+    per_node = max(s.devices, 1) / max(s.nodes, 1)  # the ranks whose offloaded shards share one node's RAM
     stage = s.shard_stage
     w, autocast_copy = weight_bytes(arch, s)
     opt, grad = optimizer_bytes(arch, s), gradient_bytes(arch, s)

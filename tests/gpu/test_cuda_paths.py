@@ -50,3 +50,27 @@ def test_qlora_loads_the_base_in_4bit_and_trains(make_cfg, tmp_path):
     trainer, module, _ = fit(cfg)
     kinds = {type(m).__name__ for m in module.model.modules()}
     assert "Linear4bit" in kinds and trainer.global_step == 3
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_resumes_a_checkpoint_of_the_other_fused_setting_on_cuda(fused, tmp_path):
+    # torch's load_state_dict leaves a multi-tensor checkpoint's step counts on the CPU (Lightning does
+    # not move "step" either): a fused AdamW then failed in torch._fused_adamw_ ("Expected all tensors to
+    # be on the same device", pytorch#104767). keep_built_fused puts them where the built step reads them.
+    import torch
+
+    from ta_train.optim import keep_built_fused
+
+    model = torch.nn.Linear(64, 32).cuda()
+    other = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=(not fused) or None)
+    model(torch.randn(8, 64, device="cuda")).sum().backward()
+    other.step()
+    torch.save(other.state_dict(), tmp_path / "opt.pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
+    optimizer.load_state_dict(torch.load(tmp_path / "opt.pt", map_location="cpu"))  # as Lightning restores
+    keep_built_fused([optimizer])
+    home = "cuda" if fused else "cpu"
+    assert all(optimizer.state[p]["step"].device.type == home for p in model.parameters())
+    optimizer.step()
+    torch.cuda.synchronize()
+    assert all(float(optimizer.state[p]["step"]) == 2.0 for p in model.parameters())

@@ -53,6 +53,39 @@ def test_fused_is_a_preference_that_steps_aside_where_torch_adamw_does_not_step(
     assert applied.optim.fused is False and "optim.fused off: ZeRO-Offload steps DeepSpeedCPUAdam on the CPU" in caplog.text
 
 
+def test_offload_optimizer_turns_fused_off_only_under_deepspeed(make_cfg):
+    # ddp and fsdp ignore strategy.offload_optimizer: torch's AdamW steps there, as the planner counted
+    from ta_train.plan import apply_plan, make_plan
+
+    for strategy in ("strategy=ddp", "strategy=fsdp"):
+        cfg = make_cfg(strategy, "strategy.offload_optimizer=true", "optim.fused=true")
+        plan = make_plan(cfg)
+        assert plan.strategy["name"] == strategy.split("=")[1]
+        assert apply_plan(cfg, plan).optim.fused is True
+
+
+def test_keep_built_fused_keeps_the_step_counts_usable_across_settings():
+    # CPU half of tests/gpu/test_cuda_paths.py::test_adamw_resumes_a_checkpoint_of_the_other_fused_setting_on_cuda
+    # (the placement itself needs a second device): the counts kept, fp32, and stepping on
+    from ta_train.optim import keep_built_fused
+
+    for fused in (True, False):
+        model = torch.nn.Linear(3, 2)
+        other = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=(not fused) or None)
+        for _ in range(2):
+            model(torch.randn(4, 3)).sum().backward()
+            other.step()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
+        optimizer.load_state_dict(other.state_dict())
+        keep_built_fused([optimizer])
+        assert optimizer.param_groups[0]["fused"] is (True if fused else None)
+        for p in model.parameters():
+            step = optimizer.state[p]["step"]
+            assert float(step) == 2.0 and step.dtype == torch.float32 and step.device == p.device
+        optimizer.step()
+        assert all(float(optimizer.state[p]["step"]) == 3.0 for p in model.parameters())
+
+
 def test_build_optimizer_steps_aside_under_offload():
     pytest.importorskip("deepspeed")
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(lr=1e-3, fused=True), total_steps=1, offload=True)

@@ -101,6 +101,15 @@ def test_offload_moves_optimizer_to_cpu():
     assert nodes.cpu_offload == pytest.approx((85.11 + 28.37) / 2, abs=0.01)
 
 
+def test_fsdp_hybrid_sharding_splits_the_states_within_a_node_only():
+    # devices counts the whole job (trainer.devices x num_nodes); HYBRID_SHARD replicates across nodes
+    full = replace(FULL_BF16, strategy="fsdp", fsdp_sharding="FULL_SHARD")
+    assert estimate(QWEN, replace(full, devices=8, nodes=2)) == estimate(QWEN, replace(full, devices=8))
+    for hybrid, like in (("HYBRID_SHARD", "FULL_SHARD"), ("_HYBRID_SHARD_ZERO2", "SHARD_GRAD_OP")):
+        two_nodes = estimate(QWEN, replace(full, fsdp_sharding=hybrid, devices=8, nodes=2))
+        assert two_nodes == estimate(QWEN, replace(full, fsdp_sharding=like, devices=4))
+
+
 def test_checkpointing_lowers_activations():
     assert activation_bytes(QWEN, replace(LORA_BF16, gradient_checkpointing=True)) < activation_bytes(QWEN, LORA_BF16) / 5
 
