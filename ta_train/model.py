@@ -113,20 +113,34 @@ def qlora_compute_dtype(setting: str, precision: str) -> str:
     return {"bf16-mixed": "bfloat16", "16-mixed": "float16"}.get(precision, "float32")
 
 
+def quantization_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """BitsAndBytesConfig arguments for QLoRA: nf4, double quant, compute dtype from the peft group.
+
+    Under FSDP and ZeRO-3 the packed 4-bit weights are stored in the compute dtype
+    (bnb_4bit_quant_storage) instead of uint8: both flatten a unit's parameters into one tensor of
+    one dtype, and the frozen base would otherwise mix uint8 with the adapters' float. Same bytes.
+    """
+    p, st = cfg.peft, cfg.strategy
+    compute = qlora_compute_dtype(p.compute_dtype, cfg.precision.name)
+    kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": p.quant_type, "bnb_4bit_use_double_quant": p.double_quant,
+              "bnb_4bit_compute_dtype": compute}
+    if st.name == "fsdp" or (st.name == "deepspeed" and st.zero_stage == 3):
+        kwargs["bnb_4bit_quant_storage"] = compute
+    return kwargs
+
+
 def quantization_config(cfg: TrainConfig) -> Any:
-    """bitsandbytes 4-bit config for QLoRA (nf4, double quant, compute dtype from the peft group)."""
+    """bitsandbytes 4-bit config for QLoRA (quantization_kwargs); needs CUDA."""
     import torch
     from transformers import BitsAndBytesConfig
 
     if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         raise RuntimeError("peft=qlora needs a CUDA device and bitsandbytes (pip install '.[gpu]')")
-    p = cfg.peft
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=p.quant_type,
-        bnb_4bit_use_double_quant=p.double_quant,
-        bnb_4bit_compute_dtype=torch_dtype(qlora_compute_dtype(p.compute_dtype, cfg.precision.name)),
-    )
+    kwargs = quantization_kwargs(cfg)
+    for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+        if key in kwargs:
+            kwargs[key] = torch_dtype(kwargs[key])
+    return BitsAndBytesConfig(**kwargs)
 
 
 def build_base_model(cfg: TrainConfig) -> Any:

@@ -126,3 +126,22 @@ def test_resize_reads_the_row_count_from_the_module_not_a_zero3_placeholder():
     emb.weight = placeholder
     resize_embeddings(model, 100)  # a no-op: 100 rows already
     assert emb.weight is placeholder and emb.num_embeddings == 100
+
+
+def test_qlora_stores_4bit_weights_in_the_compute_dtype_where_fsdp_or_zero3_flatten_them(make_cfg):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from ta_train.model import quantization_kwargs, torch_dtype
+
+    plain = quantization_kwargs(make_cfg("peft=qlora", "precision=bf16-mixed"))
+    assert plain == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                     "bnb_4bit_compute_dtype": "bfloat16"}
+    for strategy in (["strategy=fsdp"], ["strategy=deepspeed_zero3"]):
+        kwargs = quantization_kwargs(make_cfg("peft=qlora", "precision=bf16-mixed", *strategy))
+        assert kwargs["bnb_4bit_quant_storage"] == "bfloat16", strategy
+    assert "bnb_4bit_quant_storage" not in quantization_kwargs(make_cfg("peft=qlora", "strategy=deepspeed_zero2"))
+    # transformers takes these arguments as quantization_config builds them (dtype names -> torch dtypes)
+    kwargs = {k: torch_dtype(v) if k in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage") else v for k, v in kwargs.items()}
+    bnb = BitsAndBytesConfig(**kwargs)
+    assert bnb.bnb_4bit_quant_storage == torch.bfloat16 and bnb.bnb_4bit_compute_dtype == torch.bfloat16
