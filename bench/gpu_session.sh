@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One short GPU session (reference card: H200; fits about 10 minutes of device time):
 #   bash bench/gpu_session.sh [OUT_DIR]
-# 1. the CUDA tests that have not run on a GPU yet (tests/gpu: cuDNN attention first, ZeRO-3 LoRA
-#    through Lightning, fused cross-entropy in bf16, host syncs of the training step), then the rest;
+# 1. the CUDA tests that have not run on a GPU yet, those phase 2 relies on first (tests/gpu: cuDNN
+#    attention first, the step profile's kernel-to-operator links, host syncs of the training step,
+#    fused cross-entropy in bf16, ZeRO-3 LoRA and fused AdamW under ZeRO through Lightning), then the rest;
 # 2. the throughput cases that decide issue 6's MFU goal (bench/gpu_check.py): the bf16 full
 #    fine-tune baseline, cuDNN attention first, fused AdamW, all the fast paths together (and
 #    compiled); LoRA for the memory plan.
@@ -20,8 +21,8 @@ start=$(date +%s)
 
 echo "== phase 1: pytest tests/gpu (limit ${PHASE1_S}s)"
 timeout "$PHASE1_S" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
-    tests/gpu/test_sdpa_backends_cuda.py tests/gpu/test_deepspeed_gpu.py tests/gpu/test_fused_ce_cuda.py \
-    tests/gpu/test_host_sync_cuda.py tests/gpu \
+    tests/gpu/test_sdpa_backends_cuda.py tests/gpu/test_step_profile_cuda.py tests/gpu/test_host_sync_cuda.py \
+    tests/gpu/test_fused_ce_cuda.py tests/gpu/test_deepspeed_gpu.py tests/gpu \
     2>&1 | tee "$OUT/pytest.txt" | tail -25
 echo "phase 1 rc=${PIPESTATUS[0]} after $(( $(date +%s) - start ))s"
 
